@@ -1,0 +1,284 @@
+"""The child: one worker process that takes jobs from Gearman and POSTs them to the web app.
+
+Its life: set up after the fork (signals, a new HTTP session, a reseeded
+random generator), register on every job server, run jobs one at a time, and
+exit with a named code when it drains, recycles or loses its parent.
+"""
+
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import time
+
+import psutil
+import setproctitle
+
+from . import deadletter, delivery, gearman, job as jobs, logs, scoreboard
+
+log = logging.getLogger("curler.child")
+
+# Exit codes: what a child's exit status tells the supervisor.
+EXIT_DRAINED = 0        # asked to stop; finished its job
+EXIT_MAX_JOBS = 10      # ran max-jobs-per-child jobs; replace it
+EXIT_MAX_MEMORY = 11    # resident memory went over max-memory-per-child; replace it
+EXIT_ORPHANED = 12      # the supervisor died; do not come back
+EXIT_SETUP_FAILED = 13  # could not start; the supervisor backs off before the next try
+
+EXIT_REASONS = {
+    EXIT_DRAINED: "drained",
+    EXIT_MAX_JOBS: "max jobs",
+    EXIT_MAX_MEMORY: "memory",
+    EXIT_ORPHANED: "orphaned",
+    EXIT_SETUP_FAILED: "setup failed",
+}
+
+# Seconds between heartbeats while idle; also how soon a drain or a dead parent is noticed.
+IDLE_TICK = 1.0
+MEMORY_CHECK_INTERVAL = 1.0
+
+
+class Child:
+    """One worker process serving ``queues`` on every job server."""
+
+    def __init__(self, settings, queues, slot_index, board, parent_pid):
+        self.settings = settings
+        self.queues = {name.encode(): settings.queues[name] for name in queues}
+        self.queue_index = {name: index for index, name in enumerate(self.queues)}
+        self.slot_index = slot_index
+        self.board = board
+        self.parent_pid = parent_pid
+        self.pid = os.getpid()
+        self.draining = False
+        self.reopen_logs = False
+        self.poison_generation = -1
+        self.poison = set()
+
+    # -- life ---------------------------------------------------------------
+
+    def run(self):
+        """Run until drained, recycled or orphaned; return the exit code."""
+        try:
+            self.setup()
+        except Exception:
+            log.exception("child %d: setup failed", self.pid)
+            return EXIT_SETUP_FAILED
+        try:
+            return self.loop()
+        finally:
+            self.shutdown()
+
+    def setup(self):
+        self.install_signals()
+        random.seed()
+        self.slot = scoreboard.SlotWriter(self.board, self.slot_index, time.monotonic)
+        self.delivery = delivery.Delivery(self.settings)
+        self.bases = {name: q.curl_paths for name, q in self.queues.items()}
+        self.static_headers = {name: {"Content-Type": None, "X-Curler-Queue": name.decode()}
+                               for name in self.queues}
+        client_id = f"curlerd-{socket.gethostname()}-{self.pid}"
+        timeouts = {"connect_timeout": gearman.CONNECT_TIMEOUT, "io_timeout": gearman.IO_TIMEOUT}
+        self.worker = gearman.Worker(self.settings.job_servers, list(self.queues), client_id,
+                                     wakeup_fd=self.wakeup_read, **timeouts)
+        self.dead_letters = gearman.Client(self.settings.job_servers, **timeouts)
+        self.max_jobs = job_limit(self.settings.max_jobs_per_child, self.settings.max_jobs_jitter)
+        self.max_rss = self.settings.max_memory_per_child * 1024 * 1024
+        self.process = psutil.Process()
+        self.next_memory_check = 0.0
+        self.jobs_done = 0
+        self.set_title("idle")
+        self.slot.set_state(scoreboard.IDLE)
+        log.info("child %d started: queues %s on job servers %s", self.pid,
+                 ",".join(q.decode() for q in self.queues),
+                 ",".join(gearman.format_server(s) for s in self.settings.job_servers))
+
+    def install_signals(self):
+        self.wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+        for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(ignored, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def handle_term(self, signum, frame):
+        self.draining = True
+
+    def handle_usr1(self, signum, frame):
+        self.reopen_logs = True
+
+    def loop(self):
+        while True:
+            code = self.check_exit()
+            if code is not None:
+                return code
+            job = self.worker.grab_job(IDLE_TICK)
+            if job is None:
+                self.tick()
+                continue
+            self.run_job(job)
+
+    def check_exit(self):
+        """Return an exit code when the child should stop now, else None."""
+        if self.draining:
+            log.info("child %d draining: exiting after %d jobs", self.pid, self.jobs_done)
+            return EXIT_DRAINED
+        if os.getppid() != self.parent_pid:
+            log.warning("child %d: supervisor %d is gone; exiting", self.pid, self.parent_pid)
+            return EXIT_ORPHANED
+        if self.max_jobs and self.jobs_done >= self.max_jobs:
+            log.info("child %d recycling after %d jobs (max-jobs-per-child)", self.pid, self.jobs_done)
+            return EXIT_MAX_JOBS
+        if self.max_rss and time.monotonic() >= self.next_memory_check:
+            self.next_memory_check = time.monotonic() + MEMORY_CHECK_INTERVAL
+            rss = self.process.memory_info().rss
+            if rss > self.max_rss:
+                log.warning("child %d recycling: resident memory %d MiB is over max-memory-per-child %d MiB",
+                            self.pid, rss // (1024 * 1024), self.settings.max_memory_per_child)
+                return EXIT_MAX_MEMORY
+        return None
+
+    def tick(self):
+        """Idle housekeeping between polls: heartbeat and log reopening."""
+        self.slot.beat()
+        if self.reopen_logs:
+            self.reopen_logs = False
+            logs.reopen()
+
+    def shutdown(self):
+        self.slot.set_state(scoreboard.DRAINING)
+        self.worker.close()
+        self.dead_letters.close()
+        self.delivery.close()
+
+    def set_title(self, text):
+        setproctitle.setproctitle(f"curlerd: worker [{text}]")
+
+    # -- one job --------------------------------------------------------------
+
+    def run_job(self, job):
+        started = time.monotonic()
+        queue = self.queues[job.function]
+        outcome, attempts = self.process(job, queue, started)
+        self.jobs_done += 1
+        self.slot.count_job(self.queue_index[job.function], outcome, time.monotonic() - started, attempts > 1)
+        self.slot.idle()
+        self.set_title("idle")
+
+    def process(self, job, queue, started):
+        """Run one job to its outcome; return ``(scoreboard outcome, attempts made)``."""
+        try:
+            method, data = jobs.parse_payload(job.workload)
+            path = jobs.method_path(method)
+        except jobs.InvalidPayload as error:
+            return self.give_up(job, queue, "-", None, str(error), None, 0, started), 0
+        self.slot.busy(job.handle, method, job.function)
+        self.set_title(f"busy {job.handle.decode()} {method}")
+        if self.is_poison(job.handle):
+            reason = f"job crashed {self.settings.max_job_crashes} children (max-job-crashes)"
+            return self.give_up(job, queue, method, None, reason, None, 0, started), 0
+        return self.deliver(job, queue, method, path, data, started)
+
+    def deliver(self, job, queue, method, path, data, started):
+        content_type, body = jobs.encode_body(queue.post_format, data, job.handle.decode())
+        headers = self.static_headers[job.function].copy()
+        headers["Content-Type"] = content_type
+        headers["X-Curler-Job-Handle"] = job.handle.decode()
+        headers["X-Curler-Job-Unique"] = job.unique.decode("utf-8", "replace")
+        base_url = None
+        attempt = None
+        for number in range(1, queue.max_attempts + 1):
+            base_url = delivery.pick_base_url(queue.curl_paths, avoid=base_url if attempt and attempt.connection_error else None)
+            headers["X-Curler-Attempt"] = str(number)
+            self.slot.beat()
+            attempt = self.delivery.post(base_url, path, body, headers, queue.signing_secret)
+            self.slot.count_attempt(attempt.status)
+            outcome = jobs.classify_status(attempt.status) if attempt.status is not None else jobs.TRANSIENT
+            if attempt.truncated:
+                log.warning("child %d job %s %s: response body cut off at %d bytes (max-response-bytes)",
+                            self.pid, job.handle.decode(), method, self.settings.max_response_bytes)
+            if outcome == jobs.SUCCESS:
+                return self.succeed(job, method, attempt, number, started), number
+            if outcome == jobs.PERMANENT or number == queue.max_attempts:
+                break
+            delay = jobs.backoff_delay(number, self.settings.retry_min_backoff, self.settings.retry_max_backoff,
+                                       jobs.parse_retry_after(attempt.retry_after, time.time()), random.uniform)
+            log.warning("child %d job %s %s: attempt %d of %d failed (%s); retrying in %.1f s",
+                        self.pid, job.handle.decode(), method, number, queue.max_attempts, attempt.describe(), delay)
+            if not self.wait(delay):
+                return self.release(job, method, "drain during retry backoff"), number
+        reason = attempt.describe()
+        if outcome == jobs.TRANSIENT:
+            reason = f"{reason} after {number} attempts"
+        return self.give_up(job, queue, method, attempt.url, reason, attempt.status, number, started), number
+
+    def succeed(self, job, method, attempt, attempts, started):
+        try:
+            self.worker.complete(job, attempt.body)
+        except gearman.GearmanError as error:
+            log.warning("child %d job %s %s: delivered, but the outcome was not sent (%s); "
+                        "the job server will hand it out again", self.pid, job.handle.decode(), method, error)
+            return scoreboard.RELEASED
+        log.info("child %d job %s %s: HTTP %d in %d ms%s", self.pid, job.handle.decode(), method,
+                 attempt.status, (time.monotonic() - started) * 1000,
+                 "" if attempts == 1 else f" after {attempts} attempts")
+        return scoreboard.SUCCESS
+
+    def give_up(self, job, queue, method, url, reason, status, attempts, started):
+        """Fail ``job`` for good: dead-letter it first, or release it when no dead letter could be stored."""
+        handle = job.handle.decode()
+        if queue.dead_letter_queue:
+            letter = deadletter.build(job, url, reason, status, attempts)
+            try:
+                self.dead_letters.submit_background(queue.dead_letter_queue, letter)
+            except gearman.GearmanError as error:
+                log.error("child %d job %s %s: failed (%s), and no job server accepted the dead letter (%s); "
+                          "releasing the job so that it is handed out again", self.pid, handle, method, reason, error)
+                return self.release(job, method, "dead letter not stored")
+        try:
+            self.worker.fail(job)
+        except gearman.GearmanError as error:
+            log.warning("child %d job %s %s: WORK_FAIL not sent (%s)", self.pid, handle, method, error)
+        where = f"; dead letter on {queue.dead_letter_queue}" if queue.dead_letter_queue else ""
+        log.error("child %d job %s %s: failed in %d ms: %s%s", self.pid, handle, method,
+                  (time.monotonic() - started) * 1000, reason, where)
+        return scoreboard.DEAD_LETTERED if queue.dead_letter_queue else scoreboard.FAILED
+
+    def release(self, job, method, why):
+        log.warning("child %d job %s %s: released to the job server (%s)", self.pid, job.handle.decode(), method, why)
+        self.worker.release(job)
+        return scoreboard.RELEASED
+
+    def wait(self, seconds):
+        """Sleep ``seconds`` with heartbeats; return False as soon as a drain starts."""
+        self.slot.set_state(scoreboard.BACKOFF)
+        deadline = time.monotonic() + seconds
+        poller = select.poll()
+        poller.register(self.wakeup_read, select.POLLIN)
+        try:
+            while not self.draining:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return True
+                if poller.poll(min(remaining, IDLE_TICK) * 1000):
+                    gearman.drain_fd(self.wakeup_read)
+                self.slot.beat()
+            return False
+        finally:
+            self.slot.set_state(scoreboard.BUSY)
+
+    def is_poison(self, handle):
+        generation = self.board.poison_generation()
+        if generation != self.poison_generation:
+            self.poison_generation = generation
+            self.poison = self.board.poison_handles()
+        return handle in self.poison
+
+
+def job_limit(max_jobs, jitter):
+    if not max_jobs:
+        return 0
+    return max_jobs + (random.randint(0, jitter) if jitter else 0)

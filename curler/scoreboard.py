@@ -1,0 +1,220 @@
+"""The scoreboard: a memory-mapped file where each child publishes its state and heartbeat.
+
+The supervisor creates it in ``/dev/shm`` (or the temporary directory) before
+forking, so children write into shared memory with no system call per job.
+The supervisor reads it to find hung children and the job a crashed child
+held; ``curlerd status`` reads it from another process. Times are
+``time.monotonic()`` values, which on Linux are comparable across processes.
+
+The file also holds the poison list: job handles that crashed
+``max-job-crashes`` children, which children fail instead of running.
+"""
+
+import mmap
+import os
+import struct
+import tempfile
+
+MAGIC = b"CURLSB01"
+HEADER = struct.Struct("<8sQI")  # magic, poison generation, poison count
+POISON_OFFSET = 64
+POISON_ENTRY = 64
+POISON_CAPACITY = 127
+SLOTS_OFFSET = POISON_OFFSET + POISON_ENTRY * (POISON_CAPACITY + 1)
+SLOT_SIZE = 1024
+SLOT_COUNT = 2048
+
+# Slot layout: pid, state, then the fields a child rewrites around each job.
+SLOT_PID = struct.Struct("<i")
+SLOT_STATE = struct.Struct("<B")
+STATE_OFFSET = 4
+SLOT_STARTED = struct.Struct("<d")
+STARTED_OFFSET = 16
+SLOT_ACTIVITY = struct.Struct("<ddQ64s128s64s")  # heartbeat, job started, jobs done, handle, method, queue
+ACTIVITY_OFFSET = 24
+HEARTBEAT = struct.Struct("<d")
+COUNTERS_OFFSET = 320
+
+# Counters a child adds to after each job, read by the metrics endpoint.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+OUTCOMES = ("success", "retried", "failed", "dead_lettered", "released")
+SUCCESS, RETRIED, FAILED, DEAD_LETTERED, RELEASED = range(len(OUTCOMES))
+MAX_QUEUES_PER_CHILD = 12
+ATTEMPTS = 0             # HTTP attempts made
+STATUS_CLASS = 1         # 1xx .. 5xx at 1 .. 5
+REQUEST_ERRORS = 6       # attempts with no HTTP status: connection errors and timeouts
+DURATION_SUM = 7         # microseconds
+DURATION_COUNT = 8
+BUCKETS = 9
+QUEUE_OUTCOMES = BUCKETS + len(DURATION_BUCKETS)
+COUNTER_COUNT = QUEUE_OUTCOMES + len(OUTCOMES) * MAX_QUEUES_PER_CHILD
+COUNTERS = struct.Struct(f"<{COUNTER_COUNT}Q")
+assert COUNTERS_OFFSET >= ACTIVITY_OFFSET + SLOT_ACTIVITY.size
+assert COUNTERS_OFFSET + COUNTERS.size <= SLOT_SIZE
+
+FREE, STARTING, IDLE, BUSY, DRAINING, BACKOFF = range(6)
+STATE_NAMES = {FREE: "free", STARTING: "starting", IDLE: "idle", BUSY: "busy",
+               DRAINING: "draining", BACKOFF: "backing off"}
+
+
+def default_path(pid):
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(directory, f"curlerd.{pid}.scoreboard")
+
+
+class SlotView:
+    """A snapshot of one slot, as the supervisor or ``curlerd status`` reads it."""
+
+    __slots__ = ("index", "pid", "state", "started", "heartbeat", "job_started", "jobs_done",
+                 "handle", "method", "queue", "counters")
+
+    def __init__(self, index, buffer):
+        offset = SLOTS_OFFSET + index * SLOT_SIZE
+        self.index = index
+        (self.pid,) = SLOT_PID.unpack_from(buffer, offset)
+        (self.state,) = SLOT_STATE.unpack_from(buffer, offset + STATE_OFFSET)
+        (self.started,) = SLOT_STARTED.unpack_from(buffer, offset + STARTED_OFFSET)
+        heartbeat, job_started, jobs_done, handle, method, queue = SLOT_ACTIVITY.unpack_from(
+            buffer, offset + ACTIVITY_OFFSET)
+        self.heartbeat = heartbeat
+        self.job_started = job_started
+        self.jobs_done = jobs_done
+        self.handle = handle.rstrip(b"\0").decode("utf-8", "replace")
+        self.method = method.rstrip(b"\0").decode("utf-8", "replace")
+        self.queue = queue.rstrip(b"\0").decode("utf-8", "replace")
+        self.counters = COUNTERS.unpack_from(buffer, offset + COUNTERS_OFFSET)
+
+    @property
+    def state_name(self):
+        return STATE_NAMES.get(self.state, str(self.state))
+
+
+class Scoreboard:
+    """The shared file, mapped once in the supervisor and inherited by every child."""
+
+    def __init__(self, path, create=False):
+        self.path = path
+        size = SLOTS_OFFSET + SLOT_SIZE * SLOT_COUNT
+        if create:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(fd, size)
+        else:
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            access = mmap.ACCESS_WRITE if create else mmap.ACCESS_READ
+            self.map = mmap.mmap(fd, size, access=access)
+        finally:
+            os.close(fd)
+        if create:
+            HEADER.pack_into(self.map, 0, MAGIC, 0, 0)
+        elif HEADER.unpack_from(self.map, 0)[0] != MAGIC:
+            raise ValueError(f"{path} is not a curlerd scoreboard")
+
+    def close(self):
+        self.map.close()
+
+    def remove(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # -- supervisor side ----------------------------------------------------
+
+    def claim(self, index, pid, now):
+        """Mark slot ``index`` as taken by a new child ``pid``."""
+        offset = SLOTS_OFFSET + index * SLOT_SIZE
+        self.map[offset:offset + SLOT_SIZE] = bytes(SLOT_SIZE)
+        SLOT_PID.pack_into(self.map, offset, pid)
+        SLOT_STATE.pack_into(self.map, offset + STATE_OFFSET, STARTING)
+        SLOT_STARTED.pack_into(self.map, offset + STARTED_OFFSET, now)
+        SLOT_ACTIVITY.pack_into(self.map, offset + ACTIVITY_OFFSET, now, 0.0, 0, b"", b"", b"")
+
+    def free(self, index):
+        offset = SLOTS_OFFSET + index * SLOT_SIZE
+        SLOT_PID.pack_into(self.map, offset, 0)
+        SLOT_STATE.pack_into(self.map, offset + STATE_OFFSET, FREE)
+
+    def read(self, index):
+        return SlotView(index, self.map)
+
+    def slots(self):
+        """Yield a view of every slot in use."""
+        for index in range(SLOT_COUNT):
+            offset = SLOTS_OFFSET + index * SLOT_SIZE
+            if SLOT_PID.unpack_from(self.map, offset)[0]:
+                yield SlotView(index, self.map)
+
+    def add_poison(self, handle):
+        """Add a job handle to the poison list; the oldest entry goes when it is full."""
+        _, generation, count = HEADER.unpack_from(self.map, 0)
+        entry = POISON_OFFSET + POISON_ENTRY * (1 + count % POISON_CAPACITY)
+        self.map[entry:entry + POISON_ENTRY] = handle[:POISON_ENTRY].ljust(POISON_ENTRY, b"\0")
+        HEADER.pack_into(self.map, 0, MAGIC, generation + 1, count + 1)
+
+    # -- child side -----------------------------------------------------------
+
+    def poison_generation(self):
+        return HEADER.unpack_from(self.map, 0)[1]
+
+    def poison_handles(self):
+        _, _, count = HEADER.unpack_from(self.map, 0)
+        handles = set()
+        for i in range(min(count, POISON_CAPACITY)):
+            entry = POISON_OFFSET + POISON_ENTRY * (1 + i)
+            handles.add(bytes(self.map[entry:entry + POISON_ENTRY]).rstrip(b"\0"))
+        return handles
+
+
+class SlotWriter:
+    """A child's handle on its own slot: cheap writes around each job."""
+
+    def __init__(self, scoreboard, index, clock):
+        self.map = scoreboard.map
+        self.offset = SLOTS_OFFSET + index * SLOT_SIZE
+        self.clock = clock
+        self.jobs_done = 0
+        self.counters = [0] * COUNTER_COUNT
+
+    def count_attempt(self, status):
+        counters = self.counters
+        counters[ATTEMPTS] += 1
+        if status is None:
+            counters[REQUEST_ERRORS] += 1
+        elif 100 <= status < 600:
+            counters[STATUS_CLASS + status // 100 - 1] += 1
+
+    def count_job(self, queue_index, outcome, seconds, retried):
+        """Add one finished job to the counters and publish them."""
+        counters = self.counters
+        counters[DURATION_SUM] += int(seconds * 1e6)
+        counters[DURATION_COUNT] += 1
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                counters[BUCKETS + index] += 1
+                break
+        if queue_index < MAX_QUEUES_PER_CHILD:
+            base = QUEUE_OUTCOMES + queue_index * len(OUTCOMES)
+            counters[base + outcome] += 1
+            if retried:
+                counters[base + RETRIED] += 1
+        COUNTERS.pack_into(self.map, self.offset + COUNTERS_OFFSET, *counters)
+
+    def set_state(self, state):
+        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, state)
+        self.beat()
+
+    def beat(self):
+        HEARTBEAT.pack_into(self.map, self.offset + ACTIVITY_OFFSET, self.clock())
+
+    def busy(self, handle, method, queue):
+        now = self.clock()
+        SLOT_ACTIVITY.pack_into(self.map, self.offset + ACTIVITY_OFFSET, now, now, self.jobs_done,
+                                handle, method.encode("utf-8", "replace")[:128], queue)
+        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, BUSY)
+
+    def idle(self):
+        self.jobs_done += 1
+        SLOT_ACTIVITY.pack_into(self.map, self.offset + ACTIVITY_OFFSET, self.clock(), 0.0, self.jobs_done,
+                                b"", b"", b"")
+        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, IDLE)
