@@ -53,6 +53,7 @@ class Child:
         self.pid = os.getpid()
         self.draining = False
         self.reopen_logs = False
+        self.dead_letter_failures = 0
         self.poison_generation = -1
         self.poison = set()
 
@@ -103,6 +104,11 @@ class Child:
         for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # The supervisor forks with these signals blocked; a signal that came
+        # in since then is delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (
+            signal.SIGTERM, signal.SIGUSR1, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP,
+            signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD))
 
     def handle_term(self, signum, frame):
         self.draining = True
@@ -112,6 +118,13 @@ class Child:
 
     def loop(self):
         while True:
+            if self.reopen_logs:
+                self.reopen_logs = False
+                try:
+                    logs.reopen()
+                except OSError as error:
+                    log.error("child %d: cannot reopen the log file %s: %s",
+                              self.pid, self.settings.log_file, error)
             code = self.check_exit()
             if code is not None:
                 return code
@@ -120,6 +133,8 @@ class Child:
                 self.tick()
                 continue
             self.run_job(job)
+            # Resident memory is measured right after each job, before the next grab.
+            self.next_memory_check = 0.0
 
     def check_exit(self):
         """Return an exit code when the child should stop now, else None."""
@@ -128,6 +143,8 @@ class Child:
             return EXIT_DRAINED
         if os.getppid() != self.parent_pid:
             log.warning("child %d: supervisor %d is gone; exiting", self.pid, self.parent_pid)
+            # The supervisor can no longer remove its scoreboard; the first orphan does.
+            self.board.remove()
             return EXIT_ORPHANED
         if self.max_jobs and self.jobs_done >= self.max_jobs:
             log.info("child %d recycling after %d jobs (max-jobs-per-child)", self.pid, self.jobs_done)
@@ -142,13 +159,11 @@ class Child:
         return None
 
     def tick(self):
-        """Idle housekeeping between polls: heartbeat and log reopening."""
+        """Idle housekeeping between polls: the heartbeat."""
         self.slot.beat()
-        if self.reopen_logs:
-            self.reopen_logs = False
-            logs.reopen()
 
     def shutdown(self):
+        self.set_title("draining")
         self.slot.set_state(scoreboard.DRAINING)
         self.worker.close()
         self.dead_letters.close()
@@ -162,13 +177,17 @@ class Child:
     def run_job(self, job):
         started = time.monotonic()
         queue = self.queues[job.function]
-        outcome, attempts = self.process(job, queue, started)
+        try:
+            outcome, attempts = self.run_to_outcome(job, queue, started)
+        except Exception as error:
+            log.exception("child %d job %s: unexpected error", self.pid, job.handle.decode())
+            outcome, attempts = self.give_up(job, queue, "-", None, f"internal error: {error!r}", None, 0, started), 0
         self.jobs_done += 1
         self.slot.count_job(self.queue_index[job.function], outcome, time.monotonic() - started, attempts > 1)
         self.slot.idle()
         self.set_title("idle")
 
-    def process(self, job, queue, started):
+    def run_to_outcome(self, job, queue, started):
         """Run one job to its outcome; return ``(scoreboard outcome, attempts made)``."""
         try:
             method, data = jobs.parse_payload(job.workload)
@@ -237,7 +256,10 @@ class Child:
             except gearman.GearmanError as error:
                 log.error("child %d job %s %s: failed (%s), and no job server accepted the dead letter (%s); "
                           "releasing the job so that it is handed out again", self.pid, handle, method, reason, error)
-                return self.release(job, method, "dead letter not stored")
+                outcome = self.release(job, method, "dead letter not stored")
+                self.pause_after_dead_letter_failure()
+                return outcome
+            self.dead_letter_failures = 0
         try:
             self.worker.fail(job)
         except gearman.GearmanError as error:
@@ -246,6 +268,15 @@ class Child:
         log.error("child %d job %s %s: failed in %d ms: %s%s", self.pid, handle, method,
                   (time.monotonic() - started) * 1000, reason, where)
         return scoreboard.DEAD_LETTERED if queue.dead_letter_queue else scoreboard.FAILED
+
+    def pause_after_dead_letter_failure(self):
+        """Wait before the next job, longer after each failure, so a full dead letter queue is not hammered."""
+        self.dead_letter_failures += 1
+        delay = jobs.backoff_delay(self.dead_letter_failures, self.settings.retry_min_backoff,
+                                   self.settings.retry_max_backoff, None, random.uniform)
+        log.warning("child %d: pausing %.1f s before the next job because dead letters cannot be stored",
+                    self.pid, delay)
+        self.wait(delay)
 
     def release(self, job, method, why):
         log.warning("child %d job %s %s: released to the job server (%s)", self.pid, job.handle.decode(), method, why)

@@ -369,6 +369,9 @@ def load(argv, environ=None):
     environ = os.environ if environ is None else environ
     ini_parser = IniFileParser()
     parser = build_parser(ini_parser)
+    config_from_env = environ.get(ENV_PREFIX + "CONFIG")
+    if config_from_env and not any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in argv):
+        argv = ["-c", config_from_env, *argv]
     try:
         namespace = parser.parse_args(argv, env_vars=environ)
     except configargparse.ConfigFileParserException as error:

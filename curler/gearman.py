@@ -573,7 +573,8 @@ class Client:
                 return action(connection)
             except (OSError, GearmanError) as error:
                 connection.close()
-                errors.append(f"{connection.name}: {error}")
+                text = str(error)
+                errors.append(text if connection.name in text else f"{connection.name}: {text}")
         raise GearmanError("no job server accepted the request (" + "; ".join(errors) + ")")
 
     @staticmethod
@@ -616,20 +617,34 @@ class Client:
                 raise ServerError(f"job server {connection.name}: {format_error(data)}")
 
 
+MULTILINE_ADMIN_COMMANDS = ("status", "workers", "prioritystatus")
+
+
 def admin_command(address, command, timeout=IO_TIMEOUT):
-    """Run one text admin command (``status``, ``workers``) and return its lines before the ``.``."""
+    """Run one text admin command and return its reply lines.
+
+    ``status``, ``workers`` and ``prioritystatus`` reply with lines ending in a
+    lone ``.``; the other commands (``maxqueue``, ``version``) with one line.
+    """
+    multiline = command.split()[0] in MULTILINE_ADMIN_COMMANDS
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(command.encode() + b"\n")
         data = b""
-        while not (data == b".\n" or data.endswith(b"\n.\n")):
+        while not admin_reply_complete(data, multiline):
             chunk = sock.recv(RECV_SIZE)
             if not chunk:
                 raise ConnectionLost(f"job server {format_server(address)} closed the admin connection")
             data += chunk
-            if data.startswith(b"ERR "):
-                raise ServerError(data.decode("utf-8", "replace").strip())
-    lines = data.decode("utf-8", "replace").split("\n")
-    return lines[:lines.index(".")]
+    if data.startswith(b"ERR "):
+        raise ServerError(f"job server {format_server(address)}: {data.decode('utf-8', 'replace').strip()}")
+    lines = data.decode("utf-8", "replace").replace("\r", "").split("\n")
+    return lines[:lines.index(".")] if multiline else lines[:1]
+
+
+def admin_reply_complete(data, multiline):
+    if data.startswith(b"ERR ") or not multiline:
+        return data.endswith(b"\n")
+    return data == b".\n" or data.endswith(b"\n.\n")
 
 
 def server_status(address, timeout=IO_TIMEOUT):

@@ -135,6 +135,10 @@ class Endpoint:
         with self.condition:
             self.scripts.setdefault(path, []).extend(replies)
 
+    def replace_script(self, path, *replies):
+        with self.condition:
+            self.scripts[path] = list(replies)
+
     def next_reply(self, path):
         with self.condition:
             replies = self.scripts.get(path)
