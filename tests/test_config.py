@@ -180,3 +180,20 @@ def test_check_config_prints_settings(tmp_path):
     result = run_curlerd("--check-config", "-c", path)
     assert result.returncode == 0
     assert "workers = 3" in result.stdout
+
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "curler.ini")
+
+
+def test_example_config_loads():
+    settings = load(["-c", EXAMPLE])
+    assert settings.curl_paths == ("http://localhost/jobs",)
+    assert settings.job_queue == ("curl",)
+
+
+def test_example_config_documents_every_option():
+    with open(EXAMPLE) as example:
+        text = example.read()
+    for option in config.OPTIONS:
+        assert f"# {option.name} = " in text or f"\n{option.name} = " in text, option.name
+    assert "[queue:" in text
