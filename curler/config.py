@@ -262,6 +262,8 @@ class Settings:
         lines = []
         for option in OPTIONS:
             value = getattr(self, option.attribute)
+            if option.name == "proxy" and value:
+                value = hide_password(value)
             lines.append(f"{option.name} = {format_value(value)}")
         for queue in self.queues.values():
             lines.append(f"[queue:{queue.name}] " + ", ".join(
@@ -271,10 +273,17 @@ class Settings:
 
 def format_value(value):
     if isinstance(value, tuple):
-        return ",".join(gearman.format_server(v) if isinstance(v, tuple) else str(v) for v in value)
+        return ",".join(gearman.format_server(v) if isinstance(v, tuple) else hide_password(str(v)) for v in value)
     if value is None:
         return ""
     return str(value)
+
+
+def hide_password(url):
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(":" + parts.password + "@", ":[redacted]@", 1)
 
 
 class IniFileParser(configargparse.ConfigFileParser):

@@ -59,13 +59,23 @@ class Attempt:
 class Target:
     """One base URL with the pool, request-target prefix and headers that reach it."""
 
-    __slots__ = ("base_url", "pool", "prefix", "headers")
+    __slots__ = ("base_url", "display_url", "pool", "prefix", "headers")
 
     def __init__(self, base_url, pool, prefix, headers):
         self.base_url = base_url
+        self.display_url = without_password(base_url)
         self.pool = pool
         self.prefix = prefix
         self.headers = headers
+
+
+def without_password(url):
+    """Return ``url`` with the password of its user information replaced, for logs and dead letters."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:[redacted]@{netloc}"))
 
 
 def sign(secret, timestamp, body):
@@ -108,6 +118,9 @@ class Delivery:
         pool = adapter.get_connection_with_tls_context(request, verify, proxies, None)
         prefix = adapter.request_url(request, proxies).rstrip("/")
         headers = dict(session.headers)
+        # requests turns user information in the URL into Basic authentication.
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
         proxy = requests.utils.select_proxy(base_url, proxies)
         if proxy and not base_url.startswith("https://"):
             headers.update(adapter.proxy_headers(proxy))
@@ -121,7 +134,7 @@ class Delivery:
     def post(self, base_url, path, body, headers, secret=None):
         """Send one POST and return an :class:`Attempt`; never raises for HTTP or network errors."""
         target = self.target(base_url)
-        url = base_url + path
+        url = target.display_url + path
         request_headers = target.headers.copy()
         request_headers.update(headers)
         if secret is not None:

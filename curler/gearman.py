@@ -22,8 +22,8 @@ REQ = b"\0REQ"
 RES = b"\0RES"
 HEADER = struct.Struct(">4sII")
 HEADER_SIZE = HEADER.size
-# gearmand accepts packets up to this size by default; larger workloads are a
-# protocol error rather than an allocation the size of whatever a peer claims.
+# The largest packet size a peer may announce. A corrupt header then raises a
+# protocol error instead of making the worker buffer up to 4 GiB.
 MAX_PACKET_SIZE = 1 << 30
 RECV_SIZE = 1 << 16
 

@@ -103,7 +103,8 @@ def scalar_text(value):
         return ""
     if isinstance(value, str):
         return value
-    return json.dumps(value)
+    # JSON numbers arrive as int or float, whose str() is their JSON spelling.
+    return str(value)
 
 
 def quote(text):

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -118,8 +119,9 @@ class Endpoint:
     answers 200 ``ok``.
     """
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls=None):
         self.port = port or free_port()
+        self.tls = tls  # (certificate file, key file) to serve https
         self.requests = []
         self.scripts = {}
         self.default = Reply()
@@ -129,7 +131,8 @@ class Endpoint:
 
     @property
     def url(self):
-        return f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     def script(self, path, *replies):
         with self.condition:
@@ -206,6 +209,10 @@ class Endpoint:
 
         self.server = http.server.ThreadingHTTPServer((LOOPBACK, self.port), Handler)
         self.server.daemon_threads = True
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

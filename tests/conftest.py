@@ -66,7 +66,7 @@ def wait_until(condition, timeout=20.0, interval=0.05, message="condition"):
 class Curlerd:
     """A curlerd supervisor started from an INI file written by the test."""
 
-    def __init__(self, directory, settings, extra_args=()):
+    def __init__(self, directory, settings, extra_args=(), env=None):
         self.directory = directory
         self.ini = os.path.join(directory, "curler.ini")
         self.log_file = os.path.join(directory, "curlerd.log")
@@ -74,6 +74,7 @@ class Curlerd:
         self.settings = {"log-file": self.log_file, "pidfile": self.pidfile, "workers": "2",
                          "log-level": "debug", **settings}
         self.extra_args = list(extra_args)
+        self.env = env
         self.process = None
         self.write_config()
 
@@ -87,7 +88,7 @@ class Curlerd:
     def start(self, wait=True):
         self.process = subprocess.Popen(
             [CURLERD, "-c", self.ini, *self.extra_args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_for_children(int(self.settings.get("workers", 1)))
         return self
@@ -151,10 +152,10 @@ def curlerd(tmp_path, gearmand, endpoint):
     """Return a factory that starts curlerd against this test's gearmand and endpoint."""
     started = []
 
-    def start(wait=True, extra_args=(), sections=None, **settings):
+    def start(wait=True, extra_args=(), sections=None, env=None, **settings):
         base = {"job-servers": gearmand.address, "curl-paths": endpoint.url + "/jobs"}
         base.update({key.replace("_", "-"): value for key, value in settings.items()})
-        instance = Curlerd(str(tmp_path), base, extra_args)
+        instance = Curlerd(str(tmp_path), base, extra_args, env)
         if sections:
             instance.write_config(sections)
         started.append(instance)
