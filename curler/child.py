@@ -213,7 +213,7 @@ class Child:
             base_url = delivery.pick_base_url(queue.curl_paths, avoid=base_url if attempt and attempt.connection_error else None)
             headers["X-Curler-Attempt"] = str(number)
             self.slot.beat()
-            attempt = self.delivery.post(base_url, path, body, headers, queue.signing_secret)
+            attempt = self.delivery.post(base_url, path, body, headers, queue.signing_secret, queue.timeout)
             self.slot.count_attempt(attempt.status)
             outcome = jobs.classify_status(attempt.status) if attempt.status is not None else jobs.TRANSIENT
             if attempt.truncated:

@@ -91,7 +91,7 @@ class Delivery:
         self.settings = settings
         self.session = make_session(settings)
         self.verify = settings.ca_bundle or True
-        self.timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
+        self.timeouts = {}
         self.max_response_bytes = settings.max_response_bytes
         self.verbose = settings.verbose
         self.targets = {}
@@ -131,8 +131,18 @@ class Delivery:
             self.in_request = False
             raise RequestTimeout()
 
-    def post(self, base_url, path, body, headers, secret=None):
-        """Send one POST and return an :class:`Attempt`; never raises for HTTP or network errors."""
+    def timeout_for(self, seconds):
+        timeout = self.timeouts.get(seconds)
+        if timeout is None:
+            connect = min(self.settings.connect_timeout, seconds)
+            timeout = self.timeouts[seconds] = urllib3.Timeout(connect=connect, read=seconds)
+        return timeout
+
+    def post(self, base_url, path, body, headers, secret=None, timeout=None):
+        """Send one POST and return an :class:`Attempt`; never raises for HTTP or network errors.
+
+        ``timeout`` bounds the whole request in seconds (default: the global timeout option).
+        """
         target = self.target(base_url)
         url = target.display_url + path
         request_headers = target.headers.copy()
@@ -143,27 +153,28 @@ class Delivery:
             request_headers["X-Curler-Signature"] = sign(secret, timestamp, body)
         if self.verbose:
             log_request(url, request_headers, body)
-        attempt = self.send(target, url, target.prefix + path, body, request_headers)
+        attempt = self.send(target, url, target.prefix + path, body, request_headers, timeout or self.settings.timeout)
         if self.verbose:
             log_attempt(attempt)
         return attempt
 
-    def send(self, target, url, request_target, body, headers):
+    def send(self, target, url, request_target, body, headers, timeout):
         response = None
         self.in_request = True
-        signal.setitimer(signal.ITIMER_REAL, self.settings.timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             response = target.pool.urlopen(
                 "POST", request_target, body=body, headers=headers, retries=False, redirect=False,
-                assert_same_host=False, timeout=self.timeout, preload_content=False, decode_content=False)
+                assert_same_host=False, timeout=self.timeout_for(timeout), preload_content=False,
+                decode_content=False)
             return self.read(url, response)
         except RequestTimeout:
-            return Attempt(url, error=f"timed out after {self.settings.timeout:g} s")
+            return Attempt(url, error=f"timed out after {timeout:g} s")
         except urllib3.exceptions.ConnectTimeoutError:
             return Attempt(url, error=f"connect timed out after {self.settings.connect_timeout:g} s",
                            connection_error=True)
         except urllib3.exceptions.ReadTimeoutError:
-            return Attempt(url, error=f"timed out after {self.settings.timeout:g} s")
+            return Attempt(url, error=f"timed out after {timeout:g} s")
         except urllib3.exceptions.NewConnectionError as error:
             return Attempt(url, error=f"connection failed: {reason_text(error)}", connection_error=True)
         except (urllib3.exceptions.HTTPError, OSError) as error:
