@@ -35,10 +35,11 @@ class RequestTimeout(Exception):
 class Attempt:
     """The outcome of one HTTP attempt: a status with its body, or an error."""
 
-    __slots__ = ("url", "status", "body", "error", "location", "retry_after", "truncated", "connection_error")
+    __slots__ = ("url", "status", "body", "error", "location", "retry_after", "truncated", "connection_error",
+                 "headers")
 
     def __init__(self, url, status=None, body=b"", error=None, location=None, retry_after=None,
-                 truncated=False, connection_error=False):
+                 truncated=False, connection_error=False, headers=None):
         self.url = url
         self.status = status
         self.body = body
@@ -47,6 +48,7 @@ class Attempt:
         self.retry_after = retry_after
         self.truncated = truncated
         self.connection_error = connection_error
+        self.headers = headers
 
     def describe(self):
         if self.status is None:
@@ -196,7 +198,7 @@ class Delivery:
             response.close()
         status = response.status
         headers = response.headers
-        return Attempt(url, status=status, body=body, truncated=truncated,
+        return Attempt(url, status=status, body=body, truncated=truncated, headers=headers,
                        location=headers.get("Location") if 300 <= status < 400 else None,
                        retry_after=headers.get("Retry-After"))
 
@@ -249,7 +251,8 @@ def log_attempt(attempt):
     if attempt.status is None:
         log.info("response: %s error=%s", attempt.url, attempt.error)
     else:
-        log.info("response: %s status=%s body=%r", attempt.url, attempt.status, truncate(attempt.body))
+        log.info("response: %s status=%s headers=%s body=%r", attempt.url, attempt.status,
+                 redact(attempt.headers or {}), truncate(attempt.body))
 
 
 def pick_base_url(urls, avoid=None):

@@ -247,6 +247,7 @@ def test_signed_requests_verify_and_secret_stays_out_of_log(curlerd, client, end
     secret_file.chmod(0o600)
     daemon = curlerd(signing_secret_file=str(secret_file), verbose="true",
                      **{"log-level": "info"})
+    endpoint.script("/jobs/generate_archive", Reply(200, b"done", headers={"Set-Cookie": "session=c00kie"}))
     client.submit_background("curl", job_payload(user_id=5))
     request = endpoint.wait_for(1)[0]
     secret = b"correct horse battery staple"
@@ -258,7 +259,9 @@ def test_signed_requests_verify_and_secret_stays_out_of_log(curlerd, client, end
     log = daemon.log()
     assert "correct horse" not in log
     assert request.headers["X-Curler-Signature"] not in log
+    assert "c00kie" not in log
     assert "[redacted]" in log
+    assert "user_id=5" in log
 
 
 def test_readable_secret_file_stops_start(tmp_path):
