@@ -8,10 +8,12 @@ exit with a named code when it drains, recycles or loses its parent.
 import logging
 import os
 import random
+import re
 import select
 import signal
 import socket
 import time
+import urllib.parse
 
 import psutil
 import setproctitle
@@ -34,6 +36,10 @@ EXIT_REASONS = {
     EXIT_ORPHANED: "orphaned",
     EXIT_SETUP_FAILED: "setup failed",
 }
+
+PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
+# Characters left as they are when a header value needs percent-encoding: printable ASCII but "%".
+HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%")
 
 # Seconds between heartbeats while idle; also how soon a drain or a dead parent is noticed.
 IDLE_TICK = 1.0
@@ -205,8 +211,8 @@ class Child:
         content_type, body = jobs.encode_body(queue.post_format, data, job.handle.decode())
         headers = self.static_headers[job.function].copy()
         headers["Content-Type"] = content_type
-        headers["X-Curler-Job-Handle"] = job.handle.decode()
-        headers["X-Curler-Job-Unique"] = job.unique.decode("utf-8", "replace")
+        headers["X-Curler-Job-Handle"] = header_value(job.handle)
+        headers["X-Curler-Job-Unique"] = header_value(job.unique)
         base_url = None
         attempt = None
         for number in range(1, queue.max_attempts + 1):
@@ -307,6 +313,13 @@ class Child:
             self.poison_generation = generation
             self.poison = self.board.poison_handles()
         return handle in self.poison
+
+
+def header_value(data):
+    """Return Gearman bytes as a header value, percent-encoding bytes outside printable ASCII."""
+    if PRINTABLE_ASCII.fullmatch(data):
+        return data.decode("ascii")
+    return urllib.parse.quote(data, safe=HEADER_SAFE)
 
 
 def job_limit(max_jobs, jitter):

@@ -19,7 +19,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from . import __version__, http1
 
 log = logging.getLogger("curler.delivery")
 
@@ -61,14 +61,27 @@ class Attempt:
 class Target:
     """One base URL with the pool, request-target prefix and headers that reach it."""
 
-    __slots__ = ("base_url", "display_url", "pool", "prefix", "headers")
+    __slots__ = ("base_url", "display_url", "pool", "prefix", "headers", "direct")
 
-    def __init__(self, base_url, pool, prefix, headers):
+    def __init__(self, base_url, pool, prefix, headers, direct):
         self.base_url = base_url
         self.display_url = without_password(base_url)
         self.pool = pool
         self.prefix = prefix
         self.headers = headers
+        # Without a proxy, requests go through the lean HTTP/1.1 exchange; through a
+        # proxy, urllib3's urlopen handles the proxy protocol.
+        self.direct = direct
+
+
+def host_header(url):
+    """Return the Host header urllib3 sends for ``url``: host, and port unless it is the default."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if parts.scheme == "https" else 80
+    return host if parts.port in (None, default_port) else f"{host}:{parts.port}"
 
 
 def without_password(url):
@@ -119,14 +132,16 @@ class Delivery:
         adapter = session.get_adapter(base_url)
         pool = adapter.get_connection_with_tls_context(request, verify, proxies, None)
         prefix = adapter.request_url(request, proxies).rstrip("/")
-        headers = dict(session.headers)
+        headers = {"Host": host_header(base_url), **session.headers}
         # requests turns user information in the URL into Basic authentication.
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         proxy = requests.utils.select_proxy(base_url, proxies)
         if proxy and not base_url.startswith("https://"):
             headers.update(adapter.proxy_headers(proxy))
-        return Target(base_url, pool, prefix, headers)
+        if proxy:
+            del headers["Host"]
+        return Target(base_url, pool, prefix, headers, direct=not proxy)
 
     def on_alarm(self, signum, frame):
         if self.in_request:
@@ -155,12 +170,71 @@ class Delivery:
             request_headers["X-Curler-Signature"] = sign(secret, timestamp, body)
         if self.verbose:
             log_request(url, request_headers, body)
-        attempt = self.send(target, url, target.prefix + path, body, request_headers, timeout or self.settings.timeout)
+        send = self.exchange if target.direct else self.send
+        attempt = send(target, url, target.prefix + path, body, request_headers, timeout or self.settings.timeout)
         if self.verbose:
             log_attempt(attempt)
         return attempt
 
+    def exchange(self, target, url, request_target, body, headers, timeout):
+        """Send one request on a pooled connection and read the response with :mod:`http1`."""
+        pool = target.pool
+        # NOTE: _get_conn and _put_conn are urllib3's private pool API, stable from
+        # urllib3 1.x to 2.x; the tests run the direct path against http and https.
+        conn = pool._get_conn()
+        self.in_request = True
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            sock = self.open(conn, timeout)
+            head = [f"POST {request_target} HTTP/1.1"]
+            head.extend(f"{name}: {value}" for name, value in headers.items())
+            head.append(f"Content-Length: {len(body)}\r\n\r\n")
+            sock.sendall("\r\n".join(head).encode("latin-1") + body)
+            response = http1.read_response(sock, self.max_response_bytes)
+            if not response.reusable:
+                conn.close()
+            headers = response.headers
+            status = response.status
+            return Attempt(url, status=status, body=response.body, truncated=response.truncated, headers=headers,
+                           location=headers.get("location") if 300 <= status < 400 else None,
+                           retry_after=headers.get("retry-after"))
+        except BaseException as error:
+            conn.close()
+            return self.failed_attempt(url, error, timeout)
+        finally:
+            self.in_request = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            pool._put_conn(conn)
+
+    def open(self, conn, timeout):
+        """Return the connection's socket, connecting first when it is new or the server closed it."""
+        if conn.sock is not None and not conn.is_connected:
+            conn.close()
+        if conn.sock is None:
+            conn.timeout = min(self.settings.connect_timeout, timeout)
+            conn.connect()
+        sock = conn.sock
+        if sock.gettimeout() != timeout:
+            sock.settimeout(timeout)
+        return sock
+
+    def failed_attempt(self, url, error, timeout):
+        """Return the Attempt for an exception raised while sending or reading; re-raise others."""
+        if isinstance(error, (RequestTimeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+            return Attempt(url, error=f"timed out after {timeout:g} s")
+        if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+            return Attempt(url, error=f"connect timed out after {self.settings.connect_timeout:g} s",
+                           connection_error=True)
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            return Attempt(url, error=f"connection failed: {reason_text(error)}", connection_error=True)
+        if isinstance(error, (http1.ProtocolError, ConnectionError)):
+            return Attempt(url, error=f"request failed: {reason_text(error)}", connection_error=True)
+        if isinstance(error, (urllib3.exceptions.HTTPError, OSError)):
+            return Attempt(url, error=f"request failed: {reason_text(error)}")
+        raise error
+
     def send(self, target, url, request_target, body, headers, timeout):
+        """Send one request through urllib3's urlopen, as the proxy path does."""
         response = None
         self.in_request = True
         signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -170,18 +244,8 @@ class Delivery:
                 assert_same_host=False, timeout=self.timeout_for(timeout), preload_content=False,
                 decode_content=False)
             return self.read(url, response)
-        except RequestTimeout:
-            return Attempt(url, error=f"timed out after {timeout:g} s")
-        except urllib3.exceptions.ConnectTimeoutError:
-            return Attempt(url, error=f"connect timed out after {self.settings.connect_timeout:g} s",
-                           connection_error=True)
-        except urllib3.exceptions.ReadTimeoutError:
-            return Attempt(url, error=f"timed out after {timeout:g} s")
-        except urllib3.exceptions.NewConnectionError as error:
-            return Attempt(url, error=f"connection failed: {reason_text(error)}", connection_error=True)
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            return Attempt(url, error=f"request failed: {reason_text(error)}",
-                           connection_error=isinstance(error, urllib3.exceptions.ProtocolError))
+        except (RequestTimeout, urllib3.exceptions.HTTPError, OSError) as error:
+            return self.failed_attempt(url, error, timeout)
         finally:
             self.in_request = False
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -127,6 +127,7 @@ class Endpoint:
         self.default = Reply()
         self.condition = threading.Condition()
         self.server = None
+        self.connections = set()
         self.stopping = threading.Event()
 
     @property
@@ -173,6 +174,16 @@ class Endpoint:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                super().setup()
+                with endpoint.condition:
+                    endpoint.connections.add(self.connection)
+
+            def finish(self):
+                with endpoint.condition:
+                    endpoint.connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, *args):
                 pass
 
@@ -217,11 +228,19 @@ class Endpoint:
         return self
 
     def stop(self):
+        """Stop listening and close every open connection, kept-alive ones included."""
         self.stopping.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self.condition:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def kill_tree(pid, sig=signal.SIGKILL):

@@ -324,3 +324,11 @@ def test_replay_moves_dead_letters_back(curlerd, client, endpoint, gearmand, tmp
                message="replayed jobs delivered")
     status = gearman.server_status(gearman.parse_server(gearmand.address))
     assert status["curl.failed"][0] == 1
+
+
+def test_unique_id_cannot_inject_headers(curlerd, client, endpoint):
+    curlerd()
+    client.submit_background("curl", job_payload(user_id=5), unique="a\r\nX-Evil: 1 é".encode())
+    request = endpoint.wait_for(1)[0]
+    assert request.headers["X-Curler-Job-Unique"] == "a%0D%0AX-Evil: 1 %C3%A9"
+    assert "X-Evil" not in request.headers

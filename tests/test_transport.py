@@ -116,3 +116,30 @@ def test_drain_during_backoff_releases_job(curlerd, client, endpoint, gearmand):
     status = gearman.server_status(gearman.parse_server(gearmand.address))
     assert status["curl"][0] == 1
     assert "curl.failed" not in status or status["curl.failed"][0] == 0
+
+
+def test_closed_keep_alive_connection_is_replaced(curlerd, client, endpoint):
+    daemon = curlerd(workers="1")
+    client.submit_background("curl", job_payload(user_id=1))
+    endpoint.wait_for(1)
+    daemon.wait_for_log(r"HTTP 200", count=1)
+    port = endpoint.port
+    endpoint.stop()
+    restarted = testing.Endpoint(port=port).start()
+    try:
+        client.submit_background("curl", job_payload(user_id=2))
+        request = restarted.wait_for(1)[0]
+        assert request.form == {"user_id": "2"}
+        assert request.headers["X-Curler-Attempt"] == "1"
+    finally:
+        restarted.stop()
+
+
+def test_connection_close_reply_is_honoured(curlerd, client, endpoint):
+    daemon = curlerd(workers="1")
+    endpoint.script("/jobs/once", Reply(200, b"bye", headers={"Connection": "close"}))
+    for number in range(3):
+        client.submit_background("curl", job_payload("once", n=number))
+    assert len(endpoint.wait_for(3)) == 3
+    daemon.wait_for_log(r"(?m)once: HTTP 200 in \d+ ms$", count=3)
+    assert "attempt 1 of" not in daemon.log()
