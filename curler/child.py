@@ -1,8 +1,8 @@
 """The child: one worker process that takes jobs from Gearman and POSTs them to the web app.
 
 Its life: set up after the fork (signals, a new HTTP session, a reseeded
-random generator), register on every job server, run jobs one at a time, and
-exit with a named code when it drains, recycles or loses its parent.
+random generator), then register on every job server and run jobs one at a
+time. It exits with a named code when it drains, recycles or loses its parent.
 """
 
 import logging
@@ -22,7 +22,7 @@ from . import deadletter, delivery, gearman, job as jobs, logs, scoreboard
 
 log = logging.getLogger("curler.child")
 
-# Exit codes: what a child's exit status tells the supervisor.
+# Exit codes, and what each one means to the supervisor.
 EXIT_DRAINED = 0        # asked to stop; finished its job
 EXIT_MAX_JOBS = 10      # ran max-jobs-per-child jobs; replace it
 EXIT_MAX_MEMORY = 11    # resident memory went over max-memory-per-child; replace it
@@ -82,8 +82,7 @@ class Child:
         random.seed()
         self.slot = scoreboard.SlotWriter(self.board, self.slot_index, time.monotonic)
         self.delivery = delivery.Delivery(self.settings)
-        self.bases = {name: q.curl_paths for name, q in self.queues.items()}
-        self.static_headers = {name: {"Content-Type": None, "X-Curler-Queue": name.decode()}
+        self.static_headers = {name: {"Content-Type": None, "X-Curler-Queue": header_value(name)}
                                for name in self.queues}
         client_id = f"curlerd-{socket.gethostname()}-{self.pid}"
         timeouts = {"connect_timeout": gearman.CONNECT_TIMEOUT, "io_timeout": gearman.IO_TIMEOUT}
@@ -284,8 +283,8 @@ class Child:
                     self.pid, delay)
         self.wait(delay)
 
-    def release(self, job, method, why):
-        log.warning("child %d job %s %s: released to the job server (%s)", self.pid, job.handle.decode(), method, why)
+    def release(self, job, method, reason):
+        log.warning("child %d job %s %s: released to the job server (%s)", self.pid, job.handle.decode(), method, reason)
         self.worker.release(job)
         return scoreboard.RELEASED
 

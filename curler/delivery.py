@@ -111,7 +111,6 @@ class Delivery:
         self.verbose = settings.verbose
         self.targets = {}
         self.in_request = False
-        self.armed = False
         signal.signal(signal.SIGALRM, self.on_alarm)
 
     def target(self, base_url):
@@ -182,29 +181,34 @@ class Delivery:
         # NOTE: _get_conn and _put_conn are urllib3's private pool API, stable from
         # urllib3 1.x to 2.x; the tests run the direct path against http and https.
         conn = pool._get_conn()
-        self.in_request = True
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        self.arm(timeout)
         try:
             sock = self.open(conn, timeout)
-            head = [f"POST {request_target} HTTP/1.1"]
-            head.extend(f"{name}: {value}" for name, value in headers.items())
-            head.append(f"Content-Length: {len(body)}\r\n\r\n")
-            sock.sendall("\r\n".join(head).encode("latin-1") + body)
+            sock.sendall(request_head(request_target, headers, len(body)) + body)
             response = http1.read_response(sock, self.max_response_bytes)
-            if not response.reusable:
-                conn.close()
-            headers = response.headers
-            status = response.status
-            return Attempt(url, status=status, body=response.body, truncated=response.truncated, headers=headers,
-                           location=headers.get("location") if 300 <= status < 400 else None,
-                           retry_after=headers.get("retry-after"))
+            self.disarm()
         except BaseException as error:
+            self.disarm()
             conn.close()
             return self.failed_attempt(url, error, timeout)
         finally:
-            self.in_request = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
             pool._put_conn(conn)
+        if not response.reusable:
+            conn.close()
+        headers = response.headers
+        status = response.status
+        return Attempt(url, status=status, body=response.body, truncated=response.truncated, headers=headers,
+                       location=headers.get("location") if 300 <= status < 400 else None,
+                       retry_after=headers.get("retry-after"))
+
+    def arm(self, timeout):
+        """Start the deadline of one request: SIGALRM raises RequestTimeout when it passes."""
+        self.in_request = True
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+
+    def disarm(self):
+        self.in_request = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     def open(self, conn, timeout):
         """Return the connection's socket, connecting first when it is new or the server closed it."""
@@ -236,19 +240,20 @@ class Delivery:
     def send(self, target, url, request_target, body, headers, timeout):
         """Send one request through urllib3's urlopen, as the proxy path does."""
         response = None
-        self.in_request = True
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        self.arm(timeout)
         try:
             response = target.pool.urlopen(
                 "POST", request_target, body=body, headers=headers, retries=False, redirect=False,
                 assert_same_host=False, timeout=self.timeout_for(timeout), preload_content=False,
                 decode_content=False)
-            return self.read(url, response)
+            attempt = self.read(url, response)
+            self.disarm()
+            return attempt
         except (RequestTimeout, urllib3.exceptions.HTTPError, OSError) as error:
+            self.disarm()
             return self.failed_attempt(url, error, timeout)
         finally:
-            self.in_request = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.disarm()
             if response is not None:
                 response.release_conn()
 
@@ -285,6 +290,14 @@ def make_session(settings):
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def request_head(request_target, headers, content_length):
+    """Return the request line and headers of a POST as bytes, ending with the blank line."""
+    lines = [f"POST {request_target} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.append(f"Content-Length: {content_length}\r\n\r\n")
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def reason_text(error):

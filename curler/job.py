@@ -20,7 +20,7 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
 class InvalidPayload(ValueError):
-    """The job's payload cannot be delivered as it is; the message says why."""
+    """The job's payload cannot be delivered as it is; the message gives the reason."""
 
 
 def parse_payload(workload):
@@ -74,7 +74,7 @@ def encode_form(data):
     """Encode a JSON object as ``application/x-www-form-urlencoded`` UTF-8.
 
     Nested objects and arrays use PHP's bracket notation (``user[id]=5``,
-    ``ids[0]=1``); true and false become 1 and 0; null and empty objects or
+    ``ids[0]=1``). True and false become 1 and 0. Null and empty objects or
     arrays become an empty value, so no key is dropped.
     """
     fields = []
@@ -153,7 +153,7 @@ def backoff_delay(attempt, minimum, maximum, retry_after, uniform):
 
 
 def parse_retry_after(value, now):
-    """Return the seconds a ``Retry-After`` header asks for (delta seconds or HTTP date), or None."""
+    """Return the delay in seconds that a ``Retry-After`` value (delta seconds or HTTP date) requests, or None."""
     if not value:
         return None
     value = value.strip()
