@@ -95,6 +95,8 @@ class Child:
         self.next_memory_check = 0.0
         self.jobs_done = 0
         self.set_title("idle")
+        # Connecting now lets IDLE mean registered, which systemd's READY=1 waits for.
+        self.worker.connect_due(time.monotonic())
         self.slot.set_state(scoreboard.IDLE)
         log.info("child %d started: queues %s on job servers %s", self.pid,
                  ",".join(q.decode() for q in self.queues),

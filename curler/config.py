@@ -461,6 +461,9 @@ def read_secret(path, errors, where=""):
 
 
 def check_relations(values, errors):
+    if values.get("daemon") and not values.get("log_file"):
+        errors.append("daemon = true needs log-file (a path or syslog): "
+                      "a detached curlerd has no standard error to log to")
     low, high = values.get("retry_min_backoff"), values.get("retry_max_backoff")
     if low is not None and high is not None and low > high:
         errors.append(f"retry-min-backoff ({low}) is greater than retry-max-backoff ({high}): lower it or raise the maximum")

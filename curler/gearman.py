@@ -557,12 +557,15 @@ class Client:
         packets are joined in front of the WORK_COMPLETE data.
         """
         packet_type = SUBMIT_TYPES[(priority, False)]
-
-        def run(connection):
-            handle = self.submit(connection, packet_type, function, workload, unique)
+        # Only the submission moves on to the next job server; once a server
+        # created the job, waiting on another one would run the job twice.
+        connection, handle = self.on_any_server(
+            lambda c: (c, self.submit(c, packet_type, function, workload, unique)))
+        try:
             return self.wait_for_result(connection, handle, timeout)
-
-        return self.on_any_server(run)
+        except (OSError, GearmanError):
+            connection.close()
+            raise
 
     def on_any_server(self, action):
         errors = []
@@ -598,7 +601,12 @@ class Client:
                 connection.sock.settimeout(remaining)
             else:
                 connection.sock.settimeout(None)
-            packet_type, data = connection.read_packet()
+            try:
+                packet_type, data = connection.read_packet()
+            except ConnectionLost:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ConnectionLost(f"job {handle.decode()} did not finish within {timeout} s") from None
+                raise
             job_handle, _, rest = data.partition(b"\0")
             if packet_type in (Packet.NOOP, Packet.WORK_STATUS, Packet.WORK_WARNING) or job_handle != handle:
                 continue

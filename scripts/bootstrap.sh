@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Install what curler's demo and tests need: gearmand (Debian package
 # gearman-job-server), Python's venv module, and a virtualenv in .venv with
-# curler and its test tools. Safe to run again; it only installs what is missing.
+# curler and its test tools. With --test it also installs openssl (tests make
+# a TLS certificate) and logrotate (tests check the logrotate file).
+# Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${CURLER_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 missing=()
+
+if [ "${1:-}" = "--test" ]; then
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+fi
 
 if ! command -v gearmand >/dev/null 2>&1 && [ ! -x /usr/sbin/gearmand ]; then
     missing+=(gearman-job-server)

@@ -197,3 +197,9 @@ def test_example_config_documents_every_option():
     for option in config.OPTIONS:
         assert f"# {option.name} = " in text or f"\n{option.name} = " in text, option.name
     assert "[queue:" in text
+
+
+def test_daemon_needs_log_file():
+    with pytest.raises(config.ConfigError, match="daemon = true needs log-file"):
+        load(["--daemon"])
+    assert load(["--daemon", "--log-file", "syslog"]).daemon is True

@@ -348,3 +348,21 @@ def test_worker_uses_poll_above_1024_descriptors(gearmand):
         for sock in filler:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_foreground_timeout_names_the_limit(gearmand):
+    with gearman.Client([address_of(gearmand)]) as client:
+        with pytest.raises(gearman.ConnectionLost, match="did not finish within 0.5 s"):
+            client.submit_foreground("nobody-works-on-this", b"x", timeout=0.5)
+
+
+def test_foreground_job_is_not_resubmitted_after_wait_failure(gearmand):
+    second = testing.Gearmand().start()
+    try:
+        with gearman.Client([address_of(gearmand), address_of(second)]) as client:
+            with pytest.raises(gearman.ConnectionLost):
+                client.submit_foreground("q", b"x", timeout=0.5)
+        assert gearman.server_status(address_of(second)).get("q", (0, 0, 0))[0] == 0
+        assert gearman.server_status(address_of(gearmand))["q"][0] == 1
+    finally:
+        second.close()
