@@ -60,6 +60,7 @@ class Child:
         self.draining = False
         self.reopen_logs = False
         self.dead_letter_failures = 0
+        self.title_busy = False
         self.poison_generation = -1
         self.poison = set()
 
@@ -87,7 +88,7 @@ class Child:
         client_id = f"curlerd-{socket.gethostname()}-{self.pid}"
         timeouts = {"connect_timeout": gearman.CONNECT_TIMEOUT, "io_timeout": gearman.IO_TIMEOUT}
         self.worker = gearman.Worker(self.settings.job_servers, list(self.queues), client_id,
-                                     wakeup_fd=self.wakeup_read, **timeouts)
+                                     wakeup_fd=self.wakeup_read, on_sleep=self.show_idle, **timeouts)
         self.dead_letters = gearman.Client(self.settings.job_servers, **timeouts)
         self.max_jobs = job_limit(self.settings.max_jobs_per_child, self.settings.max_jobs_jitter)
         self.max_rss = self.settings.max_memory_per_child * 1024 * 1024
@@ -176,6 +177,12 @@ class Child:
         self.dead_letters.close()
         self.delivery.close()
 
+    def show_idle(self):
+        """Set the idle process title when the worker is about to wait, not after every job."""
+        if self.title_busy:
+            self.title_busy = False
+            self.set_title("idle")
+
     def set_title(self, text):
         setproctitle.setproctitle(f"curlerd: worker [{text}]")
 
@@ -192,7 +199,6 @@ class Child:
         self.jobs_done += 1
         self.slot.count_job(self.queue_index[job.function], outcome, time.monotonic() - started, attempts > 1)
         self.slot.idle()
-        self.set_title("idle")
 
     def run_to_outcome(self, job, queue, started):
         """Run one job to its outcome; return ``(scoreboard outcome, attempts made)``."""
@@ -203,6 +209,7 @@ class Child:
             return self.give_up(job, queue, "-", None, str(error), None, 0, started), 0
         self.slot.busy(job.handle, method, job.function)
         self.set_title(f"busy {job.handle.decode()} {method}")
+        self.title_busy = True
         if self.is_poison(job.handle):
             reason = f"job crashed {self.settings.max_job_crashes} children (max-job-crashes)"
             return self.give_up(job, queue, method, None, reason, None, 0, started), 0

@@ -211,9 +211,10 @@ class Delivery:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     def open(self, conn, timeout):
-        """Return the connection's socket, connecting first when it is new or the server closed it."""
-        if conn.sock is not None and not conn.is_connected:
-            conn.close()
+        """Return the connection's socket, connecting first when it is new.
+
+        The pool's ``_get_conn`` already closed a kept-alive connection that the server dropped.
+        """
         if conn.sock is None:
             conn.timeout = min(self.settings.connect_timeout, timeout)
             conn.connect()

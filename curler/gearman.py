@@ -287,12 +287,14 @@ class Worker:
     """
 
     def __init__(self, servers, functions, client_id, wakeup_fd=None,
-                 connect_timeout=CONNECT_TIMEOUT, io_timeout=IO_TIMEOUT):
+                 connect_timeout=CONNECT_TIMEOUT, io_timeout=IO_TIMEOUT, on_sleep=None):
         self.functions = [f.encode() if isinstance(f, str) else f for f in functions]
         self.client_id = client_id.encode() if isinstance(client_id, str) else client_id
         self.connections = [WorkerConnection(address, connect_timeout=connect_timeout, io_timeout=io_timeout)
                             for address in servers]
         self.wakeup_fd = wakeup_fd
+        # Called before the worker waits for a NOOP, so the caller can show it is idle.
+        self.on_sleep = on_sleep
         self.selector = selectors.DefaultSelector()
         if wakeup_fd is not None:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, None)
@@ -436,6 +438,8 @@ class Worker:
         for connection in self.connections:
             if not connection.connected:
                 wait_until = min(wait_until, connection.retry_at)
+        if self.on_sleep is not None:
+            self.on_sleep()
         return self.poll_wakeups(max(0.0, wait_until - time.monotonic()))
 
     def poll_wakeups(self, timeout):
