@@ -61,6 +61,7 @@ class Child:
         self.reopen_logs = False
         self.dead_letter_failures = 0
         self.title_busy = False
+        self.next_parent_check = 0.0
         self.poison_generation = -1
         self.poison = set()
 
@@ -149,7 +150,7 @@ class Child:
         if self.draining:
             log.info("child %d draining: exiting after %d jobs", self.pid, self.jobs_done)
             return EXIT_DRAINED
-        if os.getppid() != self.parent_pid:
+        if self.parent_gone():
             log.warning("child %d: supervisor %d is gone; exiting", self.pid, self.parent_pid)
             # The supervisor can no longer remove its scoreboard; the first orphan does.
             self.board.remove()
@@ -165,6 +166,14 @@ class Child:
                             self.pid, rss // (1024 * 1024), self.settings.max_memory_per_child)
                 return EXIT_MAX_MEMORY
         return None
+
+    def parent_gone(self):
+        """Check at most once per IDLE_TICK whether the supervisor died and this child was re-parented."""
+        now = time.monotonic()
+        if now < self.next_parent_check:
+            return False
+        self.next_parent_check = now + IDLE_TICK
+        return os.getppid() != self.parent_pid
 
     def tick(self):
         """Idle housekeeping between polls: the heartbeat."""

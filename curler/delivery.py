@@ -218,10 +218,10 @@ class Delivery:
         if conn.sock is None:
             conn.timeout = min(self.settings.connect_timeout, timeout)
             conn.connect()
-        sock = conn.sock
-        if sock.gettimeout() != timeout:
-            sock.settimeout(timeout)
-        return sock
+            # The SIGALRM deadline bounds every request, so the socket blocks
+            # without a per-call poll.
+            conn.sock.settimeout(None)
+        return conn.sock
 
     def failed_attempt(self, url, error, timeout):
         """Return the Attempt for an exception raised while sending or reading; re-raise others."""
