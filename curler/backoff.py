@@ -4,6 +4,15 @@
 HEALTHY_UPTIME = 10.0
 MIN_DELAY = 1.0
 MAX_DELAY = 60.0
+# The exponent stops growing here, so a crash loop of any length cannot overflow a float.
+MAX_DOUBLINGS = 32
+
+
+def respawn_delay(failures):
+    """Return the seconds to wait after ``failures`` quick exits in a row: 0, then 1, 2, 4 ... up to 60."""
+    if failures <= 0:
+        return 0.0
+    return min(MAX_DELAY, MIN_DELAY * 2 ** min(failures - 1, MAX_DOUBLINGS))
 
 
 class RespawnBackoff:
@@ -16,13 +25,17 @@ class RespawnBackoff:
     def ready(self, now):
         return now >= self.next_start
 
-    def record_exit(self, uptime, now, clean=False):
-        """Record a child's exit; return the delay before its replacement starts (0 for none)."""
-        if clean or uptime >= HEALTHY_UPTIME:
+    def record_exit(self, uptime, now, healthy=False):
+        """Record a child's exit after ``uptime`` seconds; return the delay before its replacement starts.
+
+        A healthy exit, or one after HEALTHY_UPTIME seconds, resets the
+        backoff and returns 0.
+        """
+        if healthy or uptime >= HEALTHY_UPTIME:
             self.failures = 0
             self.next_start = now
             return 0.0
         self.failures += 1
-        delay = min(MAX_DELAY, MIN_DELAY * 2 ** (self.failures - 1))
+        delay = respawn_delay(self.failures)
         self.next_start = now + delay
         return delay

@@ -8,28 +8,40 @@ import psutil
 
 log = logging.getLogger("curler.pidfile")
 
+PROGRAM = "curlerd"
+
 
 class AlreadyRunning(Exception):
     """The pidfile names a curlerd process that is still running."""
 
 
 def read(path):
-    """Return the pid in ``path``, or None when the file is missing or holds no number."""
+    """Return the pid in ``path``, or None when the file is missing or contains no positive number."""
     try:
         with open(path) as pid_file:
-            return int(pid_file.read().strip())
+            pid = int(pid_file.read().strip())
     except (FileNotFoundError, ValueError):
         return None
+    return pid if pid > 0 else None
 
 
 def is_curlerd(pid):
-    """True when ``pid`` is a running process whose command line is curlerd's."""
+    """Tell whether ``pid`` is a running curlerd supervisor or child.
+
+    A curlerd process either has set its title ("curlerd: master") or still
+    has the command line it started with, where the program or the script
+    that the interpreter runs is named curlerd.
+    """
     try:
         process = psutil.Process(pid)
-        command = " ".join(process.cmdline())
-        return process.status() != psutil.STATUS_ZOMBIE and "curlerd" in command
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        command = process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+    if command and command[0].startswith(PROGRAM + ":"):
+        return True
+    return any(os.path.basename(part) == PROGRAM for part in command[:2])
 
 
 def check(path):
@@ -48,9 +60,11 @@ def write(path, pid):
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".curlerd-pid.", dir=directory)
     try:
-        os.write(fd, f"{pid}\n".encode())
-        os.fchmod(fd, 0o644)
-        os.close(fd)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
         os.rename(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -58,9 +72,12 @@ def write(path, pid):
 
 
 def remove(path, pid):
-    """Remove ``path`` if it still holds ``pid``."""
-    if read(path) == pid:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    """Remove ``path`` if it still contains ``pid``; log a warning when it cannot be read or removed."""
+    try:
+        if read(path) != pid:
+            return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("cannot remove pidfile %s: %s", path, error)

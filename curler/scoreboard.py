@@ -57,6 +57,16 @@ STATE_NAMES = {FREE: "free", STARTING: "starting", IDLE: "idle", BUSY: "busy",
                DRAINING: "draining", BACKOFF: "backing off"}
 
 
+def store(buffer, offset, structure, *values):
+    """Write ``values`` packed with ``structure`` at ``offset`` in one slice assignment.
+
+    ``struct.pack_into`` zero-fills its target before writing the values, so a
+    process reading the scoreboard at that moment could see a zero heartbeat
+    or a free slot. A slice assignment copies the new bytes over the old ones.
+    """
+    buffer[offset:offset + structure.size] = structure.pack(*values)
+
+
 def default_path(pid):
     directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     return os.path.join(directory, f"curlerd.{pid}.scoreboard")
@@ -106,7 +116,7 @@ class Scoreboard:
         finally:
             os.close(fd)
         if create:
-            HEADER.pack_into(self.map, 0, MAGIC, 0, 0)
+            store(self.map, 0, HEADER, MAGIC, 0, 0)
         elif HEADER.unpack_from(self.map, 0)[0] != MAGIC:
             raise ValueError(f"{path} is not a curlerd scoreboard")
 
@@ -122,18 +132,22 @@ class Scoreboard:
     # -- supervisor side ----------------------------------------------------
 
     def claim(self, index, pid, now):
-        """Mark slot ``index`` as taken by a new child ``pid``."""
+        """Reset slot ``index`` for a new child ``pid``; pass 0 before the fork and call set_pid after it."""
         offset = SLOTS_OFFSET + index * SLOT_SIZE
         self.map[offset:offset + SLOT_SIZE] = bytes(SLOT_SIZE)
-        SLOT_PID.pack_into(self.map, offset, pid)
-        SLOT_STATE.pack_into(self.map, offset + STATE_OFFSET, STARTING)
-        SLOT_STARTED.pack_into(self.map, offset + STARTED_OFFSET, now)
-        SLOT_ACTIVITY.pack_into(self.map, offset + ACTIVITY_OFFSET, now, 0.0, 0, b"", b"", b"")
+        store(self.map, offset, SLOT_PID, pid)
+        store(self.map, offset + STATE_OFFSET, SLOT_STATE, STARTING)
+        store(self.map, offset + STARTED_OFFSET, SLOT_STARTED, now)
+        store(self.map, offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, now, 0.0, 0, b"", b"", b"")
+
+    def set_pid(self, index, pid):
+        """Record the pid of the child that took slot ``index``; the slot counts as in use from now on."""
+        store(self.map, SLOTS_OFFSET + index * SLOT_SIZE, SLOT_PID, pid)
 
     def free(self, index):
         offset = SLOTS_OFFSET + index * SLOT_SIZE
-        SLOT_PID.pack_into(self.map, offset, 0)
-        SLOT_STATE.pack_into(self.map, offset + STATE_OFFSET, FREE)
+        store(self.map, offset, SLOT_PID, 0)
+        store(self.map, offset + STATE_OFFSET, SLOT_STATE, FREE)
 
     def read(self, index):
         return SlotView(index, self.map)
@@ -150,7 +164,7 @@ class Scoreboard:
         _, generation, count = HEADER.unpack_from(self.map, 0)
         entry = POISON_OFFSET + POISON_ENTRY * (1 + count % POISON_CAPACITY)
         self.map[entry:entry + POISON_ENTRY] = handle[:POISON_ENTRY].ljust(POISON_ENTRY, b"\0")
-        HEADER.pack_into(self.map, 0, MAGIC, generation + 1, count + 1)
+        store(self.map, 0, HEADER, MAGIC, generation + 1, count + 1)
 
     # -- child side -----------------------------------------------------------
 
@@ -198,23 +212,23 @@ class SlotWriter:
             counters[base + outcome] += 1
             if retried:
                 counters[base + RETRIED] += 1
-        COUNTERS.pack_into(self.map, self.offset + COUNTERS_OFFSET, *counters)
+        store(self.map, self.offset + COUNTERS_OFFSET, COUNTERS, *counters)
 
     def set_state(self, state):
-        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, state)
+        store(self.map, self.offset + STATE_OFFSET, SLOT_STATE, state)
         self.beat()
 
     def beat(self):
-        HEARTBEAT.pack_into(self.map, self.offset + ACTIVITY_OFFSET, self.clock())
+        store(self.map, self.offset + ACTIVITY_OFFSET, HEARTBEAT, self.clock())
 
     def busy(self, handle, method, queue):
         now = self.clock()
-        SLOT_ACTIVITY.pack_into(self.map, self.offset + ACTIVITY_OFFSET, now, now, self.jobs_done,
+        store(self.map, self.offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, now, now, self.jobs_done,
                                 handle, method.encode("utf-8", "replace")[:128], queue)
-        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, BUSY)
+        store(self.map, self.offset + STATE_OFFSET, SLOT_STATE, BUSY)
 
     def idle(self):
         self.jobs_done += 1
-        SLOT_ACTIVITY.pack_into(self.map, self.offset + ACTIVITY_OFFSET, self.clock(), 0.0, self.jobs_done,
+        store(self.map, self.offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, self.clock(), 0.0, self.jobs_done,
                                 b"", b"", b"")
-        SLOT_STATE.pack_into(self.map, self.offset + STATE_OFFSET, IDLE)
+        store(self.map, self.offset + STATE_OFFSET, SLOT_STATE, IDLE)

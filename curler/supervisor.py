@@ -1,6 +1,6 @@
 """The supervisor: the parent process that forks, watches, replaces and drains the children.
 
-Signal handlers only queue the signal number; the main loop wakes on the
+Signal handlers only queue the signal number. The main loop wakes on the
 signal wakeup pipe, handles the queue, reaps exited children, kills hung
 ones and starts missing ones.
 """
@@ -18,16 +18,19 @@ import time
 import setproctitle
 
 from . import child as child_module
-from . import config, logs, notify, pidfile, scoreboard
+from . import config, gearman, logs, notify, pidfile, scoreboard
 from .backoff import RespawnBackoff
 
 log = logging.getLogger("curler.supervisor")
 
 # Seconds the main loop sleeps at most between two checks of the children.
 LOOP_TICK = 0.5
-# A busy child is hung when its heartbeat is older than the HTTP timeout plus this margin.
-BUSY_HANG_MARGIN = 15.0
-# An idle child beats every second; this long without a heartbeat means it is hung.
+# Seconds a busy child may stay silent beyond its HTTP timeout, per job server.
+# A job's last step (a dead letter or an outcome) may wait for one connect and
+# one reply from each job server before the child beats again.
+BUSY_HANG_MARGIN = gearman.CONNECT_TIMEOUT + gearman.IO_TIMEOUT + 2.0
+# An idle child beats about every second. This long without a heartbeat, plus
+# one connect and one reply per job server, means it is hung.
 IDLE_HANG_SECONDS = 30.0
 # Handles whose crash counts are kept, so a long run does not grow the table for ever.
 CRASH_TABLE_SIZE = 10000
@@ -35,9 +38,17 @@ CRASH_TABLE_SIZE = 10000
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
 
+# Exit codes of a child that recycled itself: it ran jobs and asked to be replaced.
+RECYCLE_CODES = (child_module.EXIT_MAX_JOBS, child_module.EXIT_MAX_MEMORY)
+
 
 class ChildProcess:
-    """What the supervisor records about one child it forked."""
+    """The supervisor's record of one child it forked.
+
+    ``expected`` is set once the supervisor asked the child to go (drain,
+    scale-down, stop), so its exit is not a crash. ``kill_reason`` is set when
+    the supervisor sent SIGKILL: "hang" or "drain timeout".
+    """
 
     __slots__ = ("pid", "slot", "group", "position", "generation", "started", "expected", "kill_reason")
 
@@ -55,14 +66,24 @@ class ChildProcess:
 class WorkerGroup:
     """Children that serve the same queues; each position has its own respawn backoff."""
 
-    def __init__(self, queues, size):
+    def __init__(self, queues, size, timeout):
         self.queues = queues
         self.size = size
+        self.timeout = timeout
         self.backoffs = collections.defaultdict(RespawnBackoff)
 
     @property
     def name(self):
         return ",".join(self.queues)
+
+
+def make_groups(settings):
+    """Return the worker groups of ``settings``; a group's timeout is the longest of its queues'."""
+    groups = []
+    for queues, size in settings.worker_groups():
+        timeout = max([settings.timeout] + [settings.queues[name].timeout for name in queues])
+        groups.append(WorkerGroup(queues, size, timeout))
+    return groups
 
 
 class Supervisor:
@@ -83,13 +104,15 @@ class Supervisor:
         self.free_slots = list(range(scoreboard.SLOT_COUNT))
         self.ready = False
         self.metrics = None
+        self.board = None
+        self.pidfile_written = None
 
     # -- set-up -------------------------------------------------------------
 
     def run(self):
         """Run until stopped; return the process exit code."""
-        self.setup()
         try:
+            self.setup()
             self.start_generation(self.settings)
             self.main_loop()
         finally:
@@ -97,16 +120,24 @@ class Supervisor:
         return self.exit_code
 
     def setup(self):
+        logs.setup(self.settings.log_file, self.settings.log_level)
+        # Checked before detaching, so a second curlerd fails where its user can see it.
+        if self.settings.pidfile:
+            pidfile.check(self.settings.pidfile)
         if self.settings.daemon:
             daemonize(self.settings.log_file)
             self.pid = os.getpid()
-        logs.setup(self.settings.log_file, self.settings.log_level)
-        if self.settings.pidfile:
-            pidfile.check(self.settings.pidfile)
-            pidfile.write(self.settings.pidfile, self.pid)
-        self.board = scoreboard.Scoreboard(scoreboard.default_path(self.pid), create=True)
-        drop_privileges(self.settings.user, self.settings.group, owned_paths=[self.board.path])
+        # Signals are queued from here on, so one sent as soon as the pidfile
+        # names this process is handled by the main loop instead of killing it.
         self.install_signals()
+        if self.settings.pidfile:
+            pidfile.write(self.settings.pidfile, self.pid)
+            self.pidfile_written = self.settings.pidfile
+        self.board = scoreboard.Scoreboard(scoreboard.default_path(self.pid), create=True)
+        owned = [self.board.path]
+        if self.settings.log_file and self.settings.log_file != "syslog":
+            owned.append(self.settings.log_file)
+        drop_privileges(self.settings.user, self.settings.group, owned_paths=owned)
         setproctitle.setproctitle("curlerd: master")
         self.start_metrics()
         log.info("curlerd %d started: %d children on queues %s", self.pid, self.settings.workers,
@@ -149,23 +180,25 @@ class Supervisor:
     def sleep(self):
         poller = select.poll()
         poller.register(self.wakeup_read, select.POLLIN)
-        timeout = LOOP_TICK
-        if poller.poll(timeout * 1000):
-            try:
-                while os.read(self.wakeup_read, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        if poller.poll(LOOP_TICK * 1000):
+            gearman.drain_fd(self.wakeup_read)
 
     def handle_signals(self):
         while self.signals:
             signum = self.signals.popleft()
             handler = getattr(self, "handle_" + signal.Signals(signum).name.lower())
-            handler()
+            try:
+                handler()
+            except Exception:
+                # The supervisor outlives a failed handler: dying here would orphan every child.
+                log.exception("handling %s failed", signal.Signals(signum).name)
 
     # -- signal handlers, run from the main loop ----------------------------
 
     def handle_sighup(self):
+        if self.stopping:
+            log.info("SIGHUP received during the drain: ignored")
+            return
         log.info("SIGHUP received: reloading the configuration")
         self.reload()
 
@@ -180,11 +213,19 @@ class Supervisor:
         self.stop_now()
 
     def handle_sigttin(self):
+        if self.stopping:
+            return
         group = self.main_group()
+        if group.size >= config.MAX_WORKERS:
+            log.warning("SIGTTIN received: group %s already has the maximum of %d children",
+                        group.name, config.MAX_WORKERS)
+            return
         group.size += 1
         log.info("SIGTTIN received: group %s now has %d children", group.name, group.size)
 
     def handle_sigttou(self):
+        if self.stopping:
+            return
         group = self.main_group()
         if group.size <= 1:
             log.info("SIGTTOU received: group %s keeps its last child", group.name)
@@ -240,18 +281,21 @@ class Supervisor:
     # -- reload --------------------------------------------------------------
 
     def reload(self):
+        """Start children with the re-read configuration and drain the old ones; keep all on error."""
         notify.notify("RELOADING=1")
         try:
             settings, _ = config.load(self.argv)
         except config.ConfigError as error:
             for line in str(error).splitlines():
                 log.error("reload failed, keeping the running configuration: %s", line)
+            if self.metrics is not None:
+                self.metrics.reload_failed()
             notify.notify("READY=1")
             return
         for name in ("daemon", "user", "group", "metrics_port", "metrics_address"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning("reload: %s changes only on restart", name.replace("_", "-"))
-        logs.setup(settings.log_file, settings.log_level)
+        self.reopen_log(settings)
         self.move_pidfile(settings)
         old = [child for child in self.children.values() if child.generation == self.generation]
         self.settings = settings
@@ -262,17 +306,30 @@ class Supervisor:
                  sum(g.size for g in self.groups), ",".join(settings.job_queue), len(old))
         self.ready = False
 
+    def reopen_log(self, settings):
+        """Log to the log file of ``settings``, or go on with the old one if it cannot be opened."""
+        try:
+            logs.setup(settings.log_file, settings.log_level)
+        except OSError as error:
+            log.error("reload: cannot open log-file %s (%s); still logging to %s",
+                      settings.log_file, error, self.settings.log_file or "standard error")
+
     def move_pidfile(self, settings):
-        if settings.pidfile == self.settings.pidfile:
+        if settings.pidfile == self.pidfile_written:
             return
         if settings.pidfile:
-            pidfile.write(settings.pidfile, self.pid)
-        if self.settings.pidfile:
-            pidfile.remove(self.settings.pidfile, self.pid)
+            try:
+                pidfile.write(settings.pidfile, self.pid)
+            except OSError as error:
+                log.error("reload: cannot write pidfile %s: %s", settings.pidfile, error)
+                return
+        if self.pidfile_written:
+            pidfile.remove(self.pidfile_written, self.pid)
+        self.pidfile_written = settings.pidfile
 
     def start_generation(self, settings):
         self.generation += 1
-        self.groups = [WorkerGroup(queues, size) for queues, size in settings.worker_groups()]
+        self.groups = make_groups(settings)
         self.spawn_missing()
 
     def main_group(self):
@@ -294,12 +351,29 @@ class Supervisor:
                     self.spawn(group, position)
 
     def spawn(self, group, position):
+        if not self.free_slots:
+            log.error("cannot start a child for queues %s: all %d scoreboard slots are taken",
+                      group.name, scoreboard.SLOT_COUNT)
+            return
         slot = self.free_slots.pop(0)
         now = time.monotonic()
-        pid = os.fork()
+        # The slot is ready before the child can write to it.
+        self.board.claim(slot, 0, now)
+        # The child keeps these signals blocked until it has installed its own
+        # handlers, so a SIGTERM sent right after the fork still drains it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as error:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            self.release_slot(slot)
+            delay = group.backoffs[position].record_exit(0.0, now)
+            log.error("cannot fork a child for queues %s: %s; next try in %.0f s", group.name, error, delay)
+            return
         if pid == 0:
             self.become_child(group, slot)
-        self.board.claim(slot, pid, now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self.board.set_pid(slot, pid)
         self.children[pid] = ChildProcess(pid, slot, group, position, self.generation, now)
         log.info("started child %d for queues %s (slot %d)", pid, group.name, slot)
 
@@ -320,6 +394,11 @@ class Supervisor:
             logging.shutdown()
             os._exit(code)
 
+    def release_slot(self, slot):
+        self.board.free(slot)
+        self.free_slots.append(slot)
+        self.free_slots.sort()
+
     def drain_child(self, child, reason):
         if child.expected:
             return
@@ -335,21 +414,21 @@ class Supervisor:
 
     def kill_hung(self):
         now = time.monotonic()
-        busy_limit = self.settings.timeout + BUSY_HANG_MARGIN
-        idle_limit = IDLE_HANG_SECONDS + self.settings.connect_timeout * len(self.settings.job_servers)
+        servers = len(self.settings.job_servers)
         for child in list(self.children.values()):
             if child.kill_reason is not None:
                 continue
             slot = self.board.read(child.slot)
             busy = slot.state in (scoreboard.BUSY, scoreboard.BACKOFF)
             silence = now - slot.heartbeat
-            if silence <= (busy_limit if busy else idle_limit):
+            if silence <= hang_limit(busy, child.group.timeout, servers):
                 continue
             if busy:
                 log.critical("child %d hung: no heartbeat for %.0f s while running job %s %s; killing it",
                              child.pid, silence, slot.handle, slot.method)
             else:
-                log.critical("child %d hung: no heartbeat for %.0f s while idle; killing it", child.pid, silence)
+                log.critical("child %d hung: no heartbeat for %.0f s while %s; killing it",
+                             child.pid, silence, slot.state_name)
             child.kill_reason = "hang"
             self.send_signal(child, signal.SIGKILL)
 
@@ -359,25 +438,23 @@ class Supervisor:
             try:
                 waited, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                waited, status = pid, 0
+                waited, status = pid, None
             if waited == pid:
                 self.child_exited(self.children.pop(pid), status)
 
     def child_exited(self, child, status):
         now = time.monotonic()
         slot = self.board.read(child.slot)
-        self.board.free(child.slot)
-        self.free_slots.append(child.slot)
-        self.free_slots.sort()
+        self.release_slot(child.slot)
         description = describe_status(status)
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        recycled = code in (child_module.EXIT_MAX_JOBS, child_module.EXIT_MAX_MEMORY)
+        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+        recycled = code in RECYCLE_CODES
         expected = child.expected or recycled or self.stopping
 
         if expected:
             log.info("child %d exited (%s; expected)", child.pid, description)
         else:
-            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            killed = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
             hint = " Perhaps out of memory?" if killed and child.kill_reason is None else ""
             log.error("child %d exited (%s; not expected).%s", child.pid, description, hint)
             self.count_crash(slot)
@@ -385,8 +462,13 @@ class Supervisor:
             self.metrics.child_exited(child, code, expected, slot)
         if child.generation != self.generation or child.expected or self.stopping:
             return
+
+        healthy = exit_was_healthy(code, slot.jobs_done)
+        if recycled and not healthy:
+            log.error("child %d recycled itself before finishing any job: max-memory-per-child (%d MiB) "
+                      "is probably below the memory of a fresh child; raise it",
+                      child.pid, self.settings.max_memory_per_child)
         backoff = child.group.backoffs[child.position]
-        healthy = recycled or code == child_module.EXIT_DRAINED
         delay = backoff.record_exit(now - child.started, now, healthy)
         if delay:
             log.warning("group %s position %d: children keep exiting soon after start; next start in %.0f s",
@@ -402,6 +484,8 @@ class Supervisor:
         while len(self.crashes) > CRASH_TABLE_SIZE:
             self.crashes.popitem(last=False)
         if crashes >= self.settings.max_job_crashes:
+            # NOTE: gearmand hands the job out again as soon as the dead child's
+            # connection closes, so another child may take it once more before this runs.
             log.error("job %s %s crashed %d children: it will be failed without running (max-job-crashes)",
                       handle, slot.method, crashes)
             self.board.add_poison(handle.encode())
@@ -420,16 +504,45 @@ class Supervisor:
     # -- exit ----------------------------------------------------------------
 
     def cleanup(self):
+        """Undo what setup did, as far as it got."""
         if self.metrics is not None:
             self.metrics.shutdown()
-        self.board.close()
-        self.board.remove()
-        if self.settings.pidfile:
-            pidfile.remove(self.settings.pidfile, self.pid)
-        log.info("curlerd %d stopped", self.pid)
+        if self.board is not None:
+            self.board.close()
+            self.board.remove()
+        if self.pidfile_written:
+            pidfile.remove(self.pidfile_written, self.pid)
+        if self.board is not None:
+            log.info("curlerd %d stopped", self.pid)
+
+
+def hang_limit(busy, timeout, servers):
+    """Return the seconds of heartbeat silence after which a child counts as hung.
+
+    A busy child beats before each HTTP attempt, so it may be silent for one
+    whole request (``timeout``) plus the margin. An idle child beats about
+    every second between job server polls.
+    """
+    if busy:
+        return timeout + BUSY_HANG_MARGIN * servers
+    return IDLE_HANG_SECONDS + (gearman.CONNECT_TIMEOUT + gearman.IO_TIMEOUT) * servers
+
+
+def exit_was_healthy(code, jobs_done):
+    """Tell whether an exit resets the respawn backoff of its position.
+
+    A drained child and one that recycled itself after running jobs are
+    healthy. A child that recycled before its first job would be replaced by
+    one that does the same at once, so that exit counts as a failure.
+    """
+    if code == child_module.EXIT_DRAINED:
+        return True
+    return code in RECYCLE_CODES and jobs_done > 0
 
 
 def describe_status(status):
+    if status is None:
+        return "exit status unknown: already reaped"
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         return f"killed by {signal.Signals(signum).name}"
@@ -439,13 +552,16 @@ def describe_status(status):
 
 
 def daemonize(log_file):
-    """Detach from the terminal: fork, new session, fork again, standard streams to the log or /dev/null."""
+    """Detach from the terminal: fork, new session, fork again, standard streams to the log or /dev/null.
+
+    The working directory stays the same, so relative paths in the
+    configuration still resolve when a SIGHUP reads it again.
+    """
     if os.fork():
         os._exit(0)
     os.setsid()
     if os.fork():
         os._exit(0)
-    os.chdir("/")
     logs.redirect_stdio(log_file)
 
 
