@@ -216,10 +216,11 @@ class Child:
             path = jobs.method_path(method)
         except jobs.InvalidPayload as error:
             return self.give_up(job, queue, "-", None, str(error), None, 0, started), 0
-        self.slot.busy(job.handle, method, job.function)
+        key = scoreboard.job_key(job.connection.name.encode(), job.handle, job.unique)
+        self.slot.busy(job.handle, method, job.function, key)
         self.set_title(f"busy {job.handle.decode()} {method}")
         self.title_busy = True
-        if self.is_poison(job.handle):
+        if self.is_poison(key):
             reason = f"job crashed {self.settings.max_job_crashes} children (max-job-crashes)"
             return self.give_up(job, queue, method, None, reason, None, 0, started), 0
         return self.deliver(job, queue, method, path, data, started)
@@ -324,12 +325,12 @@ class Child:
         finally:
             self.slot.set_state(scoreboard.BUSY)
 
-    def is_poison(self, handle):
+    def is_poison(self, key):
         generation = self.board.poison_generation()
         if generation != self.poison_generation:
             self.poison_generation = generation
-            self.poison = self.board.poison_handles()
-        return handle in self.poison
+            self.poison = self.board.poison_keys()
+        return key in self.poison
 
 
 def header_value(data):

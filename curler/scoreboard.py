@@ -6,10 +6,12 @@ The supervisor reads it to find hung children and the job a crashed child
 held; ``curlerd status`` reads it from another process. Times are
 ``time.monotonic()`` values, which on Linux are comparable across processes.
 
-The file also holds the poison list: job handles that crashed
-``max-job-crashes`` children, which children fail instead of running.
+The file also holds the poison list: the job keys (see :func:`job_key`) of
+jobs that crashed ``max-job-crashes`` children, which children fail instead
+of running.
 """
 
+import hashlib
 import mmap
 import os
 import struct
@@ -30,7 +32,8 @@ SLOT_STATE = struct.Struct("<B")
 STATE_OFFSET = 4
 SLOT_STARTED = struct.Struct("<d")
 STARTED_OFFSET = 16
-SLOT_ACTIVITY = struct.Struct("<ddQ64s128s64s")  # heartbeat, job started, jobs done, handle, method, queue
+# heartbeat, job started, jobs done, handle, method, queue, job key
+SLOT_ACTIVITY = struct.Struct("<ddQ64s128s64s16s")
 ACTIVITY_OFFSET = 24
 HEARTBEAT = struct.Struct("<d")
 COUNTERS_OFFSET = 320
@@ -67,6 +70,15 @@ def store(buffer, offset, structure, *values):
     buffer[offset:offset + structure.size] = structure.pack(*values)
 
 
+def job_key(server, handle, unique):
+    """Return 16 bytes that identify a job across job servers.
+
+    A handle alone is not enough: two gearmand on one host, or one gearmand
+    after a restart, hand out the same handles.
+    """
+    return hashlib.blake2b(b"\0".join((server, handle, unique)), digest_size=16).digest()
+
+
 def default_path(pid):
     directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     return os.path.join(directory, f"curlerd.{pid}.scoreboard")
@@ -76,7 +88,7 @@ class SlotView:
     """A snapshot of one slot, as the supervisor or ``curlerd status`` reads it."""
 
     __slots__ = ("index", "pid", "state", "started", "heartbeat", "job_started", "jobs_done",
-                 "handle", "method", "queue", "counters")
+                 "handle", "method", "queue", "job_key", "counters")
 
     def __init__(self, index, buffer):
         offset = SLOTS_OFFSET + index * SLOT_SIZE
@@ -84,8 +96,9 @@ class SlotView:
         (self.pid,) = SLOT_PID.unpack_from(buffer, offset)
         (self.state,) = SLOT_STATE.unpack_from(buffer, offset + STATE_OFFSET)
         (self.started,) = SLOT_STARTED.unpack_from(buffer, offset + STARTED_OFFSET)
-        heartbeat, job_started, jobs_done, handle, method, queue = SLOT_ACTIVITY.unpack_from(
+        heartbeat, job_started, jobs_done, handle, method, queue, key = SLOT_ACTIVITY.unpack_from(
             buffer, offset + ACTIVITY_OFFSET)
+        self.job_key = key
         self.heartbeat = heartbeat
         self.job_started = job_started
         self.jobs_done = jobs_done
@@ -138,7 +151,7 @@ class Scoreboard:
         store(self.map, offset, SLOT_PID, pid)
         store(self.map, offset + STATE_OFFSET, SLOT_STATE, STARTING)
         store(self.map, offset + STARTED_OFFSET, SLOT_STARTED, now)
-        store(self.map, offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, now, 0.0, 0, b"", b"", b"")
+        store(self.map, offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, now, 0.0, 0, b"", b"", b"", b"")
 
     def set_pid(self, index, pid):
         """Record the pid of the child that took slot ``index``; the slot counts as in use from now on."""
@@ -159,11 +172,11 @@ class Scoreboard:
             if SLOT_PID.unpack_from(self.map, offset)[0]:
                 yield SlotView(index, self.map)
 
-    def add_poison(self, handle):
-        """Add a job handle to the poison list; the oldest entry goes when it is full."""
+    def add_poison(self, key):
+        """Add a job key to the poison list; the oldest entry goes when it is full."""
         _, generation, count = HEADER.unpack_from(self.map, 0)
         entry = POISON_OFFSET + POISON_ENTRY * (1 + count % POISON_CAPACITY)
-        self.map[entry:entry + POISON_ENTRY] = handle[:POISON_ENTRY].ljust(POISON_ENTRY, b"\0")
+        self.map[entry:entry + POISON_ENTRY] = key[:POISON_ENTRY].ljust(POISON_ENTRY, b"\0")
         store(self.map, 0, HEADER, MAGIC, generation + 1, count + 1)
 
     # -- child side -----------------------------------------------------------
@@ -171,13 +184,13 @@ class Scoreboard:
     def poison_generation(self):
         return HEADER.unpack_from(self.map, 0)[1]
 
-    def poison_handles(self):
+    def poison_keys(self):
         _, _, count = HEADER.unpack_from(self.map, 0)
-        handles = set()
+        keys = set()
         for i in range(min(count, POISON_CAPACITY)):
             entry = POISON_OFFSET + POISON_ENTRY * (1 + i)
-            handles.add(bytes(self.map[entry:entry + POISON_ENTRY]).rstrip(b"\0"))
-        return handles
+            keys.add(bytes(self.map[entry:entry + POISON_ENTRY])[:16])
+        return keys
 
 
 class SlotWriter:
@@ -221,14 +234,14 @@ class SlotWriter:
     def beat(self):
         store(self.map, self.offset + ACTIVITY_OFFSET, HEARTBEAT, self.clock())
 
-    def busy(self, handle, method, queue):
+    def busy(self, handle, method, queue, key):
         now = self.clock()
         store(self.map, self.offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, now, now, self.jobs_done,
-                                handle, method.encode("utf-8", "replace")[:128], queue)
+              handle, method.encode("utf-8", "replace")[:128], queue, key)
         store(self.map, self.offset + STATE_OFFSET, SLOT_STATE, BUSY)
 
     def idle(self):
         self.jobs_done += 1
         store(self.map, self.offset + ACTIVITY_OFFSET, SLOT_ACTIVITY, self.clock(), 0.0, self.jobs_done,
-                                b"", b"", b"")
+              b"", b"", b"", b"")
         store(self.map, self.offset + STATE_OFFSET, SLOT_STATE, IDLE)

@@ -479,8 +479,8 @@ class Supervisor:
         if slot.state not in (scoreboard.BUSY, scoreboard.BACKOFF) or not slot.handle:
             return
         handle = slot.handle
-        crashes = self.crashes.pop(handle, 0) + 1
-        self.crashes[handle] = crashes
+        crashes = self.crashes.pop(slot.job_key, 0) + 1
+        self.crashes[slot.job_key] = crashes
         while len(self.crashes) > CRASH_TABLE_SIZE:
             self.crashes.popitem(last=False)
         if crashes >= self.settings.max_job_crashes:
@@ -488,7 +488,7 @@ class Supervisor:
             # connection closes, so another child may take it once more before this runs.
             log.error("job %s %s crashed %d children: it will be failed without running (max-job-crashes)",
                       handle, slot.method, crashes)
-            self.board.add_poison(handle.encode())
+            self.board.add_poison(slot.job_key)
         else:
             log.warning("job %s %s crashed child %d (%d of %d before it is failed)",
                         handle, slot.method, slot.pid, crashes, self.settings.max_job_crashes)

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from curler import gearman, testing
+from curler import gearman, scoreboard, testing
 
 
 def pytest_configure(config):
@@ -165,6 +165,10 @@ def curlerd(tmp_path, gearmand, endpoint):
     for instance in started:
         pids = [p.pid for p in instance.children()]
         instance.kill()
+        try:
+            os.unlink(scoreboard.default_path(instance.pid))
+        except FileNotFoundError:
+            pass
         for pid in pids:
             try:
                 psutil.Process(pid).kill()
