@@ -63,6 +63,14 @@ def wait_until(condition, timeout=20.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
+def gone(pid):
+    """Tell whether ``pid`` exited; a zombie that its new parent has not reaped yet counts as gone."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class Curlerd:
     """A curlerd supervisor started from an INI file written by the test."""
 

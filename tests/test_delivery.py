@@ -3,10 +3,8 @@
 import hashlib
 import hmac
 import json
-import os
-import signal
+import subprocess
 import time
-import urllib.parse
 
 import psutil
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from curler import gearman, testing
 from curler.testing import Reply
 
-from conftest import job_payload, wait_until
+from conftest import CURLERD, job_payload, wait_until
 
 FAST_RETRIES = {"retry-min-backoff": "0.05", "retry-max-backoff": "0.2"}
 
@@ -265,8 +263,6 @@ def test_signed_requests_verify_and_secret_stays_out_of_log(curlerd, client, end
 
 
 def test_readable_secret_file_stops_start(tmp_path):
-    from conftest import CURLERD
-    import subprocess
     secret_file = tmp_path / "signing.key"
     secret_file.write_text("s")
     secret_file.chmod(0o644)
@@ -306,8 +302,6 @@ def test_dead_letter_not_stored_leaves_job_queued(curlerd, client, endpoint, gea
 
 
 def test_replay_moves_dead_letters_back(curlerd, client, endpoint, gearmand, tmp_path):
-    from conftest import CURLERD
-    import subprocess
     daemon = curlerd(workers="1")
     endpoint.script("/jobs/later", Reply(404))
     endpoint.script("/jobs/other", Reply(404))

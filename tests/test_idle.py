@@ -2,7 +2,6 @@
 
 import time
 
-import psutil
 
 from conftest import job_payload
 

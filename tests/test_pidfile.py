@@ -10,7 +10,7 @@ import pytest
 
 from curler import pidfile, scoreboard
 
-from conftest import CURLERD, Curlerd, wait_until
+from conftest import CURLERD, Curlerd, gone, wait_until
 
 
 def exited_pid():
@@ -19,12 +19,6 @@ def exited_pid():
     process.wait()
     return process.pid
 
-
-def gone(pid):
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # -- the module ------------------------------------------------------------------

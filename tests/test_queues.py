@@ -1,10 +1,12 @@
 """Several queues, and [queue:NAME] sections that override settings and dedicate children."""
 
 import json
+import signal
 
 from curler import gearman, testing
 
 from conftest import job_payload, wait_until
+from test_delivery import drain_queue
 
 
 def test_one_child_serves_every_queue(curlerd, client, endpoint):
@@ -39,7 +41,6 @@ def test_queue_section_overrides_and_dedicates_children(curlerd, client, endpoin
 
 
 def test_queue_section_dead_letter_queue(curlerd, client, endpoint, gearmand):
-    from test_delivery import drain_queue
     endpoint.script("/jobs/missing", testing.Reply(404))
     curlerd(job_queue="mail,reports", sections={"queue:reports": {"dead-letter-queue": "reports.dead"}})
     client.submit_background("reports", job_payload("missing"))
@@ -51,7 +52,6 @@ def test_queue_section_dead_letter_queue(curlerd, client, endpoint, gearmand):
 
 
 def test_reload_applies_queue_sections(curlerd, client, endpoint):
-    import signal
     other = testing.Endpoint().start()
     try:
         daemon = curlerd(workers="1", job_queue="mail")

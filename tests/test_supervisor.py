@@ -12,7 +12,7 @@ import pytest
 from curler import gearman, scoreboard, testing
 from curler.testing import Reply
 
-from conftest import Curlerd, job_payload, wait_until
+from conftest import Curlerd, gone, job_payload, wait_until
 
 
 def holders_of(daemon, handle):
@@ -65,13 +65,6 @@ def registered_pids(address, queue="curl"):
             pids.add(int(client_id.rsplit("-", 1)[1]))
     return pids
 
-
-def gone(pid):
-    """Tell whether ``pid`` exited; a zombie that its new parent has not reaped yet counts as gone."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def title(pid):

@@ -3,7 +3,6 @@
 import base64
 import json
 import os
-import signal
 import subprocess
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from curler import gearman, testing
 from curler.testing import Reply
 
-from conftest import job_payload, wait_until
+from conftest import job_payload
 from test_delivery import dead_letters
 
 FAST_RETRIES = {"retry-min-backoff": "0.05", "retry-max-backoff": "0.2"}
