@@ -155,7 +155,7 @@ class Delivery:
         return timeout
 
     def post(self, base_url, path, body, headers, secret=None, timeout=None):
-        """Send one POST and return an :class:`Attempt`; never raises for HTTP or network errors.
+        """Send one POST and return an :class:`Attempt`, which also carries HTTP and network errors.
 
         ``timeout`` bounds the whole request in seconds (default: the global timeout option).
         """

@@ -6,7 +6,7 @@ The supervisor reads it to find hung children and the job a crashed child
 held; ``curlerd status`` reads it from another process. Times are
 ``time.monotonic()`` values, which on Linux are comparable across processes.
 
-The file also holds the poison list: the job keys (see :func:`job_key`) of
+The file also contains the poison list: the job keys (see :func:`job_key`) of
 jobs that crashed ``max-job-crashes`` children, which children fail instead
 of running.
 """

@@ -116,7 +116,7 @@ class Endpoint:
     """A threaded HTTP/1.1 server on loopback that records every request.
 
     Replies are scripted per path with :meth:`script`; a path with no script
-    answers 200 ``ok``.
+    gets 200 ``ok``.
     """
 
     def __init__(self, port=None, tls=None):
