@@ -403,8 +403,9 @@ def validate(namespace, queue_sections):
         if job_queue and name not in job_queue:
             errors.append(f"section [queue:{name}] names a queue that is not in job-queue "
                           f"({','.join(job_queue)}): add it to job-queue or remove the section")
+    global_secret = read_secret(values.get("signing_secret_file"), errors)
     for name in job_queue:
-        queues[name] = queue_settings(name, values, queue_sections.get(name, {}), errors)
+        queues[name] = queue_settings(name, values, queue_sections.get(name, {}), global_secret, errors)
     values["queues"] = queues
     values["config_file"] = getattr(namespace, "config", None)
 
@@ -422,7 +423,7 @@ def convert_option(option, raw, errors, where=""):
         return None
 
 
-def queue_settings(name, values, overrides, errors):
+def queue_settings(name, values, overrides, global_secret, errors):
     where = f" in [queue:{name}]"
     fields = {}
     for option_name in QUEUE_OPTION_NAMES:
@@ -433,9 +434,17 @@ def queue_settings(name, values, overrides, errors):
             fields["workers"] = 0
         else:
             fields[option.attribute] = values[option.attribute]
-    if fields.get("dead_letter_queue") is not None:
-        fields["dead_letter_queue"] = fields["dead_letter_queue"].replace("{queue}", name)
-    fields["signing_secret"] = read_secret(fields.get("signing_secret_file"), errors, where)
+    dead_letter_queue = fields.get("dead_letter_queue")
+    if dead_letter_queue is not None:
+        dead_letter_queue = fields["dead_letter_queue"] = dead_letter_queue.replace("{queue}", name)
+        if dead_letter_queue in values.get("job_queue", ()):
+            place = where if "dead-letter-queue" in overrides else ""
+            errors.append(f"dead-letter-queue{place} is {dead_letter_queue!r}, which is also in job-queue: "
+                          "failed jobs would be taken again as invalid payloads; choose another queue")
+    if "signing-secret-file" in overrides:
+        fields["signing_secret"] = read_secret(fields.get("signing_secret_file"), errors, where)
+    else:
+        fields["signing_secret"] = global_secret
     return QueueSettings(name=name, **fields)
 
 

@@ -11,7 +11,7 @@ log = logging.getLogger("curler.deadletter")
 
 # Dead letters are never picked up by curlerd itself unless a worker is pointed at
 # their queue; ``curlerd replay-dead-letters`` drains them with a plain worker.
-REPLAY_IDLE_SECONDS = 1.0
+REPLAY_IDLE_SECONDS = 5.0
 
 
 def build(job, url, reason, status, attempts, now=None):
@@ -57,19 +57,38 @@ def letter_method(letter):
     return method if isinstance(method, str) else None
 
 
+def queued_letters(servers, dead_letter_queue):
+    """Return how many jobs ``dead_letter_queue`` contains across the job servers that answer."""
+    total = 0
+    errors = []
+    for server in servers:
+        try:
+            total += gearman.server_status(server).get(dead_letter_queue, (0, 0, 0))[0]
+        except (OSError, gearman.GearmanError) as error:
+            errors.append(f"{gearman.format_server(server)}: {error}")
+    if len(errors) == len(servers):
+        raise gearman.GearmanError("no job server answered (" + "; ".join(errors) + ")")
+    for error in errors:
+        log.warning("dead letters on %s not counted: %s", dead_letter_queue, error)
+    return total
+
+
 def replay(servers, dead_letter_queue, method=None, idle_seconds=REPLAY_IDLE_SECONDS):
     """Move dead letters from ``dead_letter_queue`` back to their original queues.
 
     Each letter is submitted to its queue before it is completed, so a crash
     in between duplicates a job rather than losing it. With ``method``, other
     letters are held until the end and then released, which makes gearmand
-    queue them again. Returns ``(moved, kept)``.
+    queue them again. At most the letters queued at the start are taken, so
+    letters of jobs that fail again during the replay wait for the next one.
+    Returns ``(moved, kept)``; raises GearmanError when no job server answers.
     """
     moved = kept = 0
+    backlog = queued_letters(servers, dead_letter_queue)
     worker = gearman.Worker(servers, [dead_letter_queue], client_id="curler-replay")
     client = gearman.Client(servers)
     try:
-        while True:
+        for _ in range(backlog):
             job = worker.grab_job(idle_seconds)
             if job is None:
                 break

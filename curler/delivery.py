@@ -227,11 +227,12 @@ class Delivery:
         """Return the Attempt for an exception raised while sending or reading; re-raise others."""
         if isinstance(error, (RequestTimeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
             return Attempt(url, error=f"timed out after {timeout:g} s")
+        # urllib3 2 derives NewConnectionError from ConnectTimeoutError, so it is checked first.
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            return Attempt(url, error=f"connection failed: {reason_text(error)}", connection_error=True)
         if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
             return Attempt(url, error=f"connect timed out after {self.settings.connect_timeout:g} s",
                            connection_error=True)
-        if isinstance(error, urllib3.exceptions.NewConnectionError):
-            return Attempt(url, error=f"connection failed: {reason_text(error)}", connection_error=True)
         if isinstance(error, (http1.ProtocolError, ConnectionError)):
             return Attempt(url, error=f"request failed: {reason_text(error)}", connection_error=True)
         if isinstance(error, (urllib3.exceptions.HTTPError, OSError)):

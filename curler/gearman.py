@@ -116,6 +116,8 @@ def parse_server(text, default_port=DEFAULT_PORT):
     if not host:
         raise ValueError(f"job server address {text!r} has no host")
     if not port_text:
+        if text.endswith(":"):
+            raise ValueError(f"job server address {text!r} has an empty port: give host:port or just host")
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"job server port {port_text!r} is not a number from 1 to 65535")

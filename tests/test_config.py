@@ -203,3 +203,18 @@ def test_daemon_needs_log_file():
     with pytest.raises(config.ConfigError, match="daemon = true needs log-file"):
         load(["--daemon"])
     assert load(["--daemon", "--log-file", "syslog"]).daemon is True
+
+
+def test_dead_letter_queue_cannot_be_a_job_queue():
+    with pytest.raises(config.ConfigError, match="also in job-queue"):
+        load(["--job-queue", "curl,mail", "--dead-letter-queue", "mail"])
+
+
+def test_global_secret_error_names_no_section(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    secret.chmod(0o644)
+    with pytest.raises(config.ConfigError) as raised:
+        load(["--signing-secret-file", str(secret), "--job-queue", "a,b"])
+    assert "[queue:" not in str(raised.value)
+    assert str(raised.value).count("readable or writable") == 1

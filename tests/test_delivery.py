@@ -326,3 +326,30 @@ def test_unique_id_cannot_inject_headers(curlerd, client, endpoint):
     request = endpoint.wait_for(1)[0]
     assert request.headers["X-Curler-Job-Unique"] == "a%0D%0AX-Evil: 1 %C3%A9"
     assert "X-Evil" not in request.headers
+
+
+def test_replay_of_still_failing_jobs_ends(curlerd, client, endpoint, gearmand):
+    daemon = curlerd(workers="1")
+    endpoint.script("/jobs/broken", Reply(404))
+    client.submit_background("curl", job_payload("broken"))
+    daemon.wait_for_log(r"dead letter on curl.failed")
+    result = subprocess.run([CURLERD, "replay-dead-letters", "-c", daemon.ini], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "moved 1 dead letters" in result.stdout
+    daemon.wait_for_log(r"dead letter on curl.failed", count=2)
+
+
+def test_replay_without_job_server_fails(tmp_path):
+    result = subprocess.run([CURLERD, "replay-dead-letters", "--job-servers", f"127.0.0.1:{testing.free_port()}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no job server answered" in result.stderr
+
+
+def test_refused_connection_is_not_called_timeout(curlerd, client, gearmand):
+    daemon = curlerd(curl_paths=f"http://127.0.0.1:{testing.free_port()}/jobs", max_attempts="1")
+    client.submit_background("curl", job_payload(user_id=5))
+    letter = dead_letters(gearmand, 1)[0]
+    assert letter["error"].startswith("connection failed:")
+    assert "timed out" not in daemon.log()

@@ -84,7 +84,7 @@ def test_parse_server_accepts(text, address):
     assert gearman.parse_server(text) == address
 
 
-@pytest.mark.parametrize("text", ["", "localhost:abc", "localhost:0", "localhost:70000", "::1:4730", ":4730", "[::1"])
+@pytest.mark.parametrize("text", ["", "localhost:", "localhost:abc", "localhost:0", "localhost:70000", "::1:4730", ":4730", "[::1"])
 def test_parse_server_rejects(text):
     with pytest.raises(ValueError):
         gearman.parse_server(text)
