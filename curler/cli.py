@@ -62,11 +62,26 @@ COMMANDS = {
 }
 
 
+CURLER_USAGE = """usage: curler COMMAND [OPTIONS]
+
+commands:
+  submit               submit a job to a curlerd queue
+  status               show what a running curlerd is doing
+  replay-dead-letters  move dead letters back onto their queues
+
+Run 'curler COMMAND --help' for the options of a command."""
+
+
 def curler_main(argv=None):
     """Run ``curler``: submit, status and replay-dead-letters for operators."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(CURLER_USAGE)
+        return EXIT_OK
     if not argv or argv[0] not in COMMANDS:
-        print("usage: curler {submit,status,replay-dead-letters} ...", file=sys.stderr)
+        if argv:
+            print(f"curler: unknown command {argv[0]!r}", file=sys.stderr)
+        print(CURLER_USAGE, file=sys.stderr)
         return EXIT_CONFIG
     return COMMANDS[argv[0]](argv[1:])
 

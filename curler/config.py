@@ -357,6 +357,10 @@ def build_parser(ini_parser):
     parser = ArgParser(
         prog=PROG,
         description="Deliver Gearman jobs to a web app as HTTP POST requests.",
+        epilog="Every option can also be set as CURLER_<NAME> in the environment (CURLER_WORKERS=8) "
+               "or as a key of the [curlerd] section of the -c file (workers = 8). "
+               "Commands: curlerd status, curlerd replay-dead-letters, curlerd submit "
+               "(each with --help). etc/curler.ini documents every option and its default.",
         config_file_parser_class=SharedIniFileParser,
         auto_env_var_prefix=ENV_PREFIX,
         args_for_setting_config_path=["-c", "--config"],

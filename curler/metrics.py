@@ -125,6 +125,11 @@ class Metrics:
 
     def serve(self, address, port):
         """Listen on ``address``:``port`` and serve scrapes from a daemon thread."""
+        self.listen(address, port)
+        self.start()
+
+    def listen(self, address, port):
+        """Bind the listening socket; raise OSError naming the address when that fails."""
         try:
             family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
             server_class = type("MetricsServer", (MetricsServer,), {"address_family": family})
@@ -133,9 +138,13 @@ class Metrics:
         except OSError as error:
             raise OSError(error.errno, f"cannot listen on {format_address(address, port)} for metrics "
                           f"({error.strerror or error}): free the port or change metrics-port") from None
+
+    def start(self):
+        """Serve scrapes from a daemon thread, which must start after any fork that detaches."""
         self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
         self.thread.start()
-        log.info("metrics endpoint listening on http://%s/metrics", format_address(address, self.server.server_port))
+        host, port = self.server.server_address[:2]
+        log.info("metrics endpoint listening on http://%s/metrics", format_address(host, port))
 
     def close_in_child(self):
         """Close, in a newly forked child, the sockets it inherited from the metrics server."""

@@ -55,6 +55,14 @@ def check(path):
     log.warning("replacing stale pidfile %s (pid %d is not a running curlerd)", path, pid)
 
 
+def check_writable(path):
+    """Raise OSError when no pidfile can be created in the directory of ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".curlerd-pid.", dir=directory)
+    os.close(fd)
+    os.unlink(temporary)
+
+
 def write(path, pid):
     """Write ``pid`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     directory = os.path.dirname(os.path.abspath(path))

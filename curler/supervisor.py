@@ -125,6 +125,11 @@ class Supervisor:
         if self.settings.pidfile:
             pidfile.check(self.settings.pidfile)
         if self.settings.daemon:
+            # What can fail is tried before detaching, so the caller sees the error
+            # and a non-zero exit status instead of a daemon that dies in the log.
+            if self.settings.pidfile:
+                pidfile.check_writable(self.settings.pidfile)
+            self.listen_metrics()
             daemonize(self.settings.log_file)
             self.pid = os.getpid()
         # Signals are queued from here on, so one sent as soon as the pidfile
@@ -137,6 +142,8 @@ class Supervisor:
         owned = [self.board.path]
         if self.settings.log_file and self.settings.log_file != "syslog":
             owned.append(self.settings.log_file)
+        # A metrics port below 1024 needs root, so it is bound before privileges go.
+        self.listen_metrics()
         drop_privileges(self.settings.user, self.settings.group, owned_paths=owned)
         setproctitle.setproctitle("curlerd: master")
         self.start_metrics()
@@ -155,11 +162,16 @@ class Supervisor:
     def queue_signal(self, signum, frame):
         self.signals.append(signum)
 
-    def start_metrics(self):
-        if self.settings.metrics_port:
+    def listen_metrics(self):
+        if self.settings.metrics_port and self.metrics is None:
             from . import metrics
             self.metrics = metrics.Metrics(self)
-            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
+            self.metrics.listen(self.settings.metrics_address, self.settings.metrics_port)
+
+    def start_metrics(self):
+        if self.settings.metrics_port:
+            self.listen_metrics()
+            self.metrics.start()
 
     # -- the main loop ------------------------------------------------------
 

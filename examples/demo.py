@@ -4,6 +4,7 @@ Everything listens on 127.0.0.1 on free ports and is stopped at the end.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,10 +81,13 @@ def main():
         webapp.terminate()
         webapp.wait(TIMEOUT)
         gearmand.close()
-    print("curlerd log:")
-    with open(os.path.join(directory, "curlerd.log")) as log:
-        for line in log:
-            print("  " + line.rstrip())
+        log_path = os.path.join(directory, "curlerd.log")
+        if os.path.exists(log_path):
+            print("curlerd log:")
+            with open(log_path) as log:
+                for line in log:
+                    print("  " + line.rstrip())
+        shutil.rmtree(directory, ignore_errors=True)
     print("demo finished: the job reached the web app as user_id=5")
     return 0
 

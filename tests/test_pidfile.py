@@ -3,12 +3,13 @@
 import logging
 import os
 import signal
+import socket
 import subprocess
 
 import psutil
 import pytest
 
-from curler import pidfile, scoreboard
+from curler import pidfile, scoreboard, testing
 
 from conftest import CURLERD, Curlerd, gone, wait_until
 
@@ -185,3 +186,25 @@ def test_daemon_with_live_pidfile_fails_before_detaching(curlerd, tmp_path, gear
     assert b"curlerd is already running with pid" in launcher.stderr
     assert pidfile.read(first.pidfile) == first.pid
     assert first.stop() == 0
+
+
+def test_daemon_reports_start_errors_before_detaching(tmp_path):
+    log_file = tmp_path / "curlerd.log"
+    missing = tmp_path / "missing" / "curlerd.pid"
+    result = subprocess.run([CURLERD, "--daemon", "--log-file", str(log_file), "--pidfile", str(missing),
+                             "--job-servers", f"127.0.0.1:{testing.free_port()}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr
+
+
+def test_daemon_reports_busy_metrics_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([CURLERD, "--daemon", "--log-file", str(tmp_path / "curlerd.log"),
+                                 "--metrics-port", str(port), "--job-servers", f"127.0.0.1:{testing.free_port()}"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in result.stderr
