@@ -95,7 +95,15 @@ def test_submit_rejects_field_without_equals(gearmand):
 def test_curler_without_command_prints_usage():
     result = run(CURLER)
     assert result.returncode == 2
-    assert b"usage: curler {submit,status,replay-dead-letters}" in result.stderr
+    assert b"usage: curler COMMAND" in result.stderr
+    assert b"replay-dead-letters" in result.stderr
+
+
+def test_curler_help_and_unknown_command():
+    assert run(CURLER, "--help").returncode == 0
+    result = run(CURLER, "bogus")
+    assert result.returncode == 2
+    assert b"unknown command 'bogus'" in result.stderr
 
 
 def test_check_config_prints_effective_settings(tmp_path):
