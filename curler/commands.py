@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from . import config, deadletter, gearman, pidfile, scoreboard
+from . import config, deadletter, gearman, job, pidfile, scoreboard
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -53,6 +53,8 @@ def submit(argv):
                         help="with --foreground, seconds to wait for the outcome (default: no limit)")
     parser.add_argument("--data", help="the job's data as a JSON object; key=value fields are added to it")
     parser.add_argument("--priority", choices=gearman.PRIORITIES, default="normal", help="Gearman job priority")
+    parser.add_argument("--unique", default="",
+                        help="Gearman unique id, sent to the endpoint as X-Curler-Job-Unique (default: none)")
     parser.add_argument("method", help="method, the path under the base URL, such as generate_archive")
     parser.add_argument("fields", nargs="*", type=parse_field, metavar="key=value", help="string fields of data")
     args = parser.parse_args(argv)
@@ -67,7 +69,7 @@ def submit(argv):
         with gearman.Client(settings.job_servers) as client:
             if args.foreground:
                 return run_foreground(client, queue, payload, args)
-            handle, server = client.submit_background(queue, payload, priority=args.priority)
+            handle, server = client.submit_background(queue, payload, unique=args.unique, priority=args.priority)
             print(handle.decode())
     except gearman.GearmanError as error:
         print(f"curler: submitting to {queue} failed: {error}", file=sys.stderr)
@@ -84,12 +86,17 @@ def build_payload(parser, args):
     if not isinstance(data, dict):
         parser.error("--data must be a JSON object, such as '{\"user_id\": 5}'")
     data.update(args.fields)
+    try:
+        job.method_path(args.method)
+    except job.InvalidPayload as error:
+        parser.error(str(error))
     return json.dumps({"method": args.method, "data": data}).encode()
 
 
 def run_foreground(client, queue, payload, args):
     """Run the job, write the response body as it came to standard output, and return the exit status."""
-    status, result = client.submit_foreground(queue, payload, priority=args.priority, timeout=args.timeout)
+    status, result = client.submit_foreground(queue, payload, unique=args.unique, priority=args.priority,
+                                              timeout=args.timeout)
     sys.stdout.flush()
     sys.stdout.buffer.write(result)
     sys.stdout.buffer.flush()

@@ -276,6 +276,8 @@ def format_value(value):
         return ",".join(gearman.format_server(v) if isinstance(v, tuple) else hide_password(str(v)) for v in value)
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)
 
 

@@ -139,3 +139,16 @@ def test_check_config_lists_every_problem(tmp_path):
     assert any("invalid timeout value '-1'" in line for line in errors)
     assert any("invalid curl-paths value 'ftp://example'" in line for line in errors)
     assert result.stdout == b""
+
+
+def test_submit_rejects_unsafe_method(gearmand):
+    result = run(CURLER, "submit", "--job-servers", gearmand.address, "../etc")
+    assert result.returncode == 2
+    assert b"invalid method '../etc'" in result.stderr
+
+
+def test_submit_sends_unique_id(gearmand, curlerd, endpoint):
+    curlerd()
+    result = run(CURLER, "submit", "--job-servers", gearmand.address, "--unique", "order-9", "generate_archive")
+    assert result.returncode == 0
+    assert endpoint.wait_for(1)[0].headers["X-Curler-Job-Unique"] == "order-9"
