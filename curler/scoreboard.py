@@ -79,6 +79,29 @@ def job_key(server, handle, unique):
     return hashlib.blake2b(b"\0".join((server, handle, unique)), digest_size=16).digest()
 
 
+def remove_stale(directory):
+    """Remove scoreboards left by supervisors that died with their children; return how many."""
+    removed = 0
+    for name in os.listdir(directory):
+        prefix, _, rest = name.partition(".")
+        pid_text, _, suffix = rest.partition(".")
+        if prefix != "curlerd" or suffix != "scoreboard" or not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def default_path(pid):
     directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     return os.path.join(directory, f"curlerd.{pid}.scoreboard")

@@ -138,7 +138,11 @@ class Supervisor:
         if self.settings.pidfile:
             pidfile.write(self.settings.pidfile, self.pid)
             self.pidfile_written = self.settings.pidfile
-        self.board = scoreboard.Scoreboard(scoreboard.default_path(self.pid), create=True)
+        board_path = scoreboard.default_path(self.pid)
+        stale = scoreboard.remove_stale(os.path.dirname(board_path))
+        if stale:
+            log.info("removed %d scoreboard files of curlerd processes that no longer run", stale)
+        self.board = scoreboard.Scoreboard(board_path, create=True)
         owned = [self.board.path]
         if self.settings.log_file and self.settings.log_file != "syslog":
             owned.append(self.settings.log_file)

@@ -114,12 +114,3 @@ def test_group_timeout_is_longest_queue_timeout(tmp_path):
     assert groups["own"].timeout == 30
     assert groups["own"].size == 1
 
-
-def test_job_key_tells_servers_apart():
-    from curler import scoreboard
-    first = scoreboard.job_key(b"127.0.0.1:4730", b"H:host:1", b"")
-    second = scoreboard.job_key(b"127.0.0.1:4731", b"H:host:1", b"")
-    again = scoreboard.job_key(b"127.0.0.1:4730", b"H:host:1", b"")
-    assert first != second
-    assert first == again
-    assert len(first) == 16
