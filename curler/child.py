@@ -234,7 +234,9 @@ class Child:
         base_url = None
         attempt = None
         for number in range(1, queue.max_attempts + 1):
-            base_url = delivery.pick_base_url(queue.curl_paths, avoid=base_url if attempt and attempt.connection_error else None)
+            # After a connection error, the retry goes to another base URL when there is one.
+            avoid = base_url if attempt is not None and attempt.connection_error else None
+            base_url = delivery.pick_base_url(queue.curl_paths, avoid)
             headers["X-Curler-Attempt"] = str(number)
             self.slot.beat()
             attempt = self.delivery.post(base_url, path, body, headers, queue.signing_secret, queue.timeout)
