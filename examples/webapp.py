@@ -1,7 +1,7 @@
 """A small example web app with one job endpoint, /jobs/generate_archive.
 
 curlerd POSTs each job's data here as form fields. The endpoint prints what
-it received and answers 200, which tells curlerd the job is done. Run it with
+it received and replies 200, which marks the job done for curlerd. Run it with
 ``python examples/webapp.py --port 8080``; it listens on 127.0.0.1 only.
 """
 

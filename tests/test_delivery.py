@@ -285,7 +285,7 @@ def test_connection_error_moves_to_other_base_url(curlerd, client, endpoint):
 def test_dead_letter_not_stored_leaves_job_queued(curlerd, client, endpoint, gearmand):
     address = gearman.parse_server(gearmand.address)
     client.submit_background("curl.failed", b"filler")
-    # gearmand applies maxqueue only to a function it already knows.
+    # gearmand applies maxqueue only to a function that already exists.
     gearman.admin_command(address, "maxqueue curl.failed 1")
     daemon = curlerd(workers="1", **FAST_RETRIES)
     endpoint.script("/jobs/gone", Reply(410))
