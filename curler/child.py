@@ -62,8 +62,8 @@ class Child:
         self.dead_letter_failures = 0
         self.title_busy = False
         self.next_parent_check = 0.0
-        self.poison_generation = -1
-        self.poison = set()
+        self.crash_generation = -1
+        self.crash_counts = {}
 
     # -- life ---------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class Child:
         self.slot.busy(job.handle, method, job.function, key)
         self.set_title(f"busy {job.handle.decode()} {method}")
         self.title_busy = True
-        if self.is_poison(key):
+        if self.crashes_of(key) >= self.settings.max_job_crashes:
             reason = f"job crashed {self.settings.max_job_crashes} children (max-job-crashes)"
             return self.give_up(job, queue, method, None, reason, None, 0, started), 0
         return self.deliver(job, queue, method, path, data, started)
@@ -327,12 +327,24 @@ class Child:
         finally:
             self.slot.set_state(scoreboard.BUSY)
 
-    def is_poison(self, key):
-        generation = self.board.poison_generation()
-        if generation != self.poison_generation:
-            self.poison_generation = generation
-            self.poison = self.board.poison_keys()
-        return key in self.poison
+    def crashes_of(self, key):
+        """Return how many children the job ``key`` crashed, the one not reaped yet included.
+
+        gearmand hands a job out again as soon as the connection of the child
+        that crashed on it closes, which can be before the supervisor counted
+        that crash. A job that crashed before is therefore checked against the
+        slots too, which costs a scan of the scoreboard for that job only.
+        NOTE: a job with no crash counted yet is not checked against the slots,
+        so with max-job-crashes = 1 it may run once more.
+        """
+        generation = self.board.crash_generation()
+        if generation != self.crash_generation:
+            self.crash_generation = generation
+            self.crash_counts = self.board.crash_counts()
+        crashes = self.crash_counts.get(key, 0)
+        if crashes == 0 or crashes >= self.settings.max_job_crashes:
+            return crashes
+        return crashes + self.board.holders(key, self.slot_index)
 
 
 def header_value(data):

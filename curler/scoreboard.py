@@ -6,9 +6,9 @@ The supervisor reads it to find hung children and the job a crashed child
 held; ``curlerd status`` reads it from another process. Times are
 ``time.monotonic()`` values, which on Linux are comparable across processes.
 
-The file also contains the poison list: the job keys (see :func:`job_key`) of
-jobs that crashed ``max-job-crashes`` children, which children fail instead
-of running.
+The file also contains the crash table: for the job keys (see :func:`job_key`)
+of jobs that crashed children, how many they crashed. A child fails a job that
+crashed ``max-job-crashes`` children instead of running it.
 """
 
 import hashlib
@@ -18,11 +18,12 @@ import struct
 import tempfile
 
 MAGIC = b"CURLSB01"
-HEADER = struct.Struct("<8sQI")  # magic, poison generation, poison count
-POISON_OFFSET = 64
-POISON_ENTRY = 64
-POISON_CAPACITY = 127
-SLOTS_OFFSET = POISON_OFFSET + POISON_ENTRY * (POISON_CAPACITY + 1)
+HEADER = struct.Struct("<8sQI")  # magic, crash table generation, crash table entries written
+CRASH_OFFSET = 64
+CRASH_ENTRY = 64
+CRASH_RECORD = struct.Struct("<16sI")  # job key, crashes
+CRASH_CAPACITY = 127
+SLOTS_OFFSET = CRASH_OFFSET + CRASH_ENTRY * (CRASH_CAPACITY + 1)
 SLOT_SIZE = 1024
 SLOT_COUNT = 2048
 
@@ -36,6 +37,7 @@ STARTED_OFFSET = 16
 SLOT_ACTIVITY = struct.Struct("<ddQ64s128s64s16s")
 ACTIVITY_OFFSET = 24
 HEARTBEAT = struct.Struct("<d")
+KEY_OFFSET = ACTIVITY_OFFSET + SLOT_ACTIVITY.size - 16
 COUNTERS_OFFSET = 320
 
 # Counters a child adds to after each job, read by the metrics endpoint.
@@ -195,25 +197,47 @@ class Scoreboard:
             if SLOT_PID.unpack_from(self.map, offset)[0]:
                 yield SlotView(index, self.map)
 
-    def add_poison(self, key):
-        """Add a job key to the poison list; the oldest entry goes when it is full."""
-        _, generation, count = HEADER.unpack_from(self.map, 0)
-        entry = POISON_OFFSET + POISON_ENTRY * (1 + count % POISON_CAPACITY)
-        self.map[entry:entry + POISON_ENTRY] = key[:POISON_ENTRY].ljust(POISON_ENTRY, b"\0")
-        store(self.map, 0, HEADER, MAGIC, generation + 1, count + 1)
+    def record_crashes(self, key, crashes):
+        """Set the crash count of a job key; a new key replaces the oldest entry when the table is full."""
+        _, generation, written = HEADER.unpack_from(self.map, 0)
+        for index in range(min(written, CRASH_CAPACITY)):
+            if self.crash_entry(index)[0] == key:
+                break
+        else:
+            index = written % CRASH_CAPACITY
+            written += 1
+        store(self.map, CRASH_OFFSET + CRASH_ENTRY * (1 + index), CRASH_RECORD, key, crashes)
+        store(self.map, 0, HEADER, MAGIC, generation + 1, written)
+
+    def crash_entry(self, index):
+        return CRASH_RECORD.unpack_from(self.map, CRASH_OFFSET + CRASH_ENTRY * (1 + index))
 
     # -- child side -----------------------------------------------------------
 
-    def poison_generation(self):
+    def crash_generation(self):
         return HEADER.unpack_from(self.map, 0)[1]
 
-    def poison_keys(self):
-        _, _, count = HEADER.unpack_from(self.map, 0)
-        keys = set()
-        for i in range(min(count, POISON_CAPACITY)):
-            entry = POISON_OFFSET + POISON_ENTRY * (1 + i)
-            keys.add(bytes(self.map[entry:entry + POISON_ENTRY])[:16])
-        return keys
+    def crash_counts(self):
+        """Return ``{job key: crashes}`` as the supervisor last wrote them."""
+        _, _, written = HEADER.unpack_from(self.map, 0)
+        return dict(self.crash_entry(index) for index in range(min(written, CRASH_CAPACITY)))
+
+    def holders(self, key, own_index):
+        """Count the other slots that show ``key`` in hand.
+
+        A slot stays in use until the supervisor reaps its child, and its crash
+        is counted at that moment. So a dead child that held the job, but whose
+        crash is not in the crash table yet, is among these holders.
+        """
+        count = 0
+        for index in range(SLOT_COUNT):
+            if index == own_index:
+                continue
+            offset = SLOTS_OFFSET + index * SLOT_SIZE
+            if self.map[offset + STATE_OFFSET] in (BUSY, BACKOFF) and \
+                    self.map[offset + KEY_OFFSET:offset + KEY_OFFSET + 16] == key:
+                count += 1
+        return count
 
 
 class SlotWriter:

@@ -461,7 +461,6 @@ class Supervisor:
     def child_exited(self, child, status):
         now = time.monotonic()
         slot = self.board.read(child.slot)
-        self.release_slot(child.slot)
         description = describe_status(status)
         code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
         recycled = code in RECYCLE_CODES
@@ -473,7 +472,10 @@ class Supervisor:
             killed = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
             hint = " Perhaps out of memory?" if killed and child.kill_reason is None else ""
             log.error("child %d exited (%s; not expected).%s", child.pid, description, hint)
+            # The crash is in the crash table before the slot is freed, so a child
+            # that takes the job meanwhile finds it in one of the two.
             self.count_crash(slot)
+        self.release_slot(child.slot)
         if self.metrics is not None:
             self.metrics.child_exited(child, code, expected, slot)
         if child.generation != self.generation or child.expected or self.stopping:
@@ -499,12 +501,10 @@ class Supervisor:
         self.crashes[slot.job_key] = crashes
         while len(self.crashes) > CRASH_TABLE_SIZE:
             self.crashes.popitem(last=False)
+        self.board.record_crashes(slot.job_key, crashes)
         if crashes >= self.settings.max_job_crashes:
-            # NOTE: gearmand hands the job out again as soon as the dead child's
-            # connection closes, so another child may take it once more before this runs.
             log.error("job %s %s crashed %d children: it will be failed without running (max-job-crashes)",
                       handle, slot.method, crashes)
-            self.board.add_poison(slot.job_key)
         else:
             log.warning("job %s %s crashed child %d (%d of %d before it is failed)",
                         handle, slot.method, slot.pid, crashes, self.settings.max_job_crashes)
