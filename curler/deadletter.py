@@ -58,7 +58,7 @@ def letter_method(letter):
 
 
 def queued_letters(servers, dead_letter_queue):
-    """Return how many jobs ``dead_letter_queue`` contains across the job servers that answer."""
+    """Return how many jobs ``dead_letter_queue`` contains across the job servers that reply."""
     total = 0
     errors = []
     for server in servers:
@@ -67,7 +67,7 @@ def queued_letters(servers, dead_letter_queue):
         except (OSError, gearman.GearmanError) as error:
             errors.append(f"{gearman.format_server(server)}: {error}")
     if len(errors) == len(servers):
-        raise gearman.GearmanError("no job server answered (" + "; ".join(errors) + ")")
+        raise gearman.GearmanError("no job server replied (" + "; ".join(errors) + ")")
     for error in errors:
         log.warning("dead letters on %s not counted: %s", dead_letter_queue, error)
     return total
@@ -81,7 +81,7 @@ def replay(servers, dead_letter_queue, method=None, idle_seconds=REPLAY_IDLE_SEC
     letters are held until the end and then released, which makes gearmand
     queue them again. At most the letters queued at the start are taken, so
     letters of jobs that fail again during the replay wait for the next one.
-    Returns ``(moved, kept)``; raises GearmanError when no job server answers.
+    Returns ``(moved, kept)``; raises GearmanError when no job server replies.
     """
     moved = kept = 0
     backlog = queued_letters(servers, dead_letter_queue)

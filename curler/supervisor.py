@@ -125,30 +125,23 @@ class Supervisor:
         if self.settings.pidfile:
             pidfile.check(self.settings.pidfile)
         if self.settings.daemon:
-            # What can fail is tried before detaching, so the caller sees the error
-            # and a non-zero exit status instead of a daemon that dies in the log.
-            if self.settings.pidfile:
-                pidfile.check_writable(self.settings.pidfile)
-            self.listen_metrics()
-            daemonize(self.settings.log_file)
-            self.pid = os.getpid()
+            self.detach()
+
         # Signals are queued from here on, so one sent as soon as the pidfile
         # names this process is handled by the main loop instead of killing it.
         self.install_signals()
         if self.settings.pidfile:
             pidfile.write(self.settings.pidfile, self.pid)
             self.pidfile_written = self.settings.pidfile
-        board_path = scoreboard.default_path(self.pid)
-        stale = scoreboard.remove_stale(os.path.dirname(board_path))
-        if stale:
-            log.info("removed %d scoreboard files of curlerd processes that no longer run", stale)
-        self.board = scoreboard.Scoreboard(board_path, create=True)
+        self.create_scoreboard()
+
+        # A metrics port below 1024 needs root, so it is bound before privileges go.
+        self.listen_metrics()
         owned = [self.board.path]
         if self.settings.log_file and self.settings.log_file != "syslog":
             owned.append(self.settings.log_file)
-        # A metrics port below 1024 needs root, so it is bound before privileges go.
-        self.listen_metrics()
         drop_privileges(self.settings.user, self.settings.group, owned_paths=owned)
+
         setproctitle.setproctitle("curlerd: master")
         self.start_metrics()
         log.info("curlerd %d started: %d children on queues %s", self.pid, self.settings.workers,
@@ -156,6 +149,21 @@ class Supervisor:
         # Objects that exist now are shared with every child; freezing keeps the
         # garbage collector from touching, and so copying, their pages.
         gc.freeze()
+
+    def detach(self):
+        """Become a daemon, after trying what can fail so the caller still sees the error."""
+        if self.settings.pidfile:
+            pidfile.check_writable(self.settings.pidfile)
+        self.listen_metrics()
+        daemonize(self.settings.log_file)
+        self.pid = os.getpid()
+
+    def create_scoreboard(self):
+        path = scoreboard.default_path(self.pid)
+        stale = scoreboard.remove_stale(os.path.dirname(path))
+        if stale:
+            log.info("removed %d scoreboard files of curlerd processes that no longer run", stale)
+        self.board = scoreboard.Scoreboard(path, create=True)
 
     def install_signals(self):
         self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -239,7 +239,7 @@ def verify_signature(secret, headers, body, now, window=300):
     return hmac.compare_digest(expected, signature)
 
 
-def test_signed_requests_verify_and_secret_stays_out_of_log(curlerd, client, endpoint, tmp_path):
+def test_signature_verifies_and_secret_unlogged(curlerd, client, endpoint, tmp_path):
     secret_file = tmp_path / "signing.key"
     secret_file.write_text("correct horse battery staple\n")
     secret_file.chmod(0o600)
@@ -344,7 +344,7 @@ def test_replay_without_job_server_fails(tmp_path):
     result = subprocess.run([CURLERD, "replay-dead-letters", "--job-servers", f"127.0.0.1:{testing.free_port()}"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "no job server answered" in result.stderr
+    assert "no job server replied" in result.stderr
 
 
 def test_refused_connection_is_not_called_timeout(curlerd, client, gearmand):
