@@ -168,7 +168,7 @@ class Child:
         return None
 
     def parent_gone(self):
-        """Check at most once per IDLE_TICK whether the supervisor died and this child was re-parented."""
+        """Return True when the supervisor died and this child was re-parented; ask the kernel once per IDLE_TICK."""
         now = time.monotonic()
         if now < self.next_parent_check:
             return False

@@ -45,6 +45,29 @@ def parse_field(text):
 
 def submit(argv):
     """``curler submit``: queue a job and print its handle, or run it and print the response."""
+    args, parser = parse_submit_args(argv)
+    try:
+        settings = load_settings(args)
+    except config.ConfigError as error:
+        print(f"curler: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    payload = build_payload(parser, args)
+    queue = args.queue or settings.job_queue[0]
+
+    try:
+        with gearman.Client(settings.job_servers) as client:
+            if args.foreground:
+                return run_foreground(client, queue, payload, args)
+            handle, _ = client.submit_background(queue, payload, unique=args.unique, priority=args.priority)
+            print(handle.decode())
+    except gearman.GearmanError as error:
+        print(f"curler: submitting to {queue} failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def parse_submit_args(argv):
+    """Return the parsed arguments of ``curler submit`` and the parser, for later usage errors."""
     parser = argparse.ArgumentParser(prog="curler submit", description="Submit a job to a curlerd queue.")
     common_options(parser)
     parser.add_argument("--queue", help="queue (Gearman function) to submit to (default: the first of job-queue)")
@@ -57,24 +80,7 @@ def submit(argv):
                         help="Gearman unique id, sent to the endpoint as X-Curler-Job-Unique (default: none)")
     parser.add_argument("method", help="method, the path under the base URL, such as generate_archive")
     parser.add_argument("fields", nargs="*", type=parse_field, metavar="key=value", help="string fields of data")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args)
-    except config.ConfigError as error:
-        print(f"curler: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    payload = build_payload(parser, args)
-    queue = args.queue or settings.job_queue[0]
-    try:
-        with gearman.Client(settings.job_servers) as client:
-            if args.foreground:
-                return run_foreground(client, queue, payload, args)
-            handle, server = client.submit_background(queue, payload, unique=args.unique, priority=args.priority)
-            print(handle.decode())
-    except gearman.GearmanError as error:
-        print(f"curler: submitting to {queue} failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return parser.parse_args(argv), parser
 
 
 def build_payload(parser, args):
@@ -128,12 +134,12 @@ def replay(argv):
             print(f"{name}: dead letters are off")
             continue
         try:
-            moved, kept = deadletter.replay(settings.job_servers, dead_letter_queue, method=args.method)
+            moved, left = deadletter.replay(settings.job_servers, dead_letter_queue, method=args.method)
         except gearman.GearmanError as error:
             print(f"curlerd: replay of {dead_letter_queue} failed: {error}", file=sys.stderr)
             return EXIT_FAILED
         total += moved
-        print(f"{dead_letter_queue}: moved {moved} dead letters back" + (f", left {kept}" if kept else ""))
+        print(f"{dead_letter_queue}: moved {moved} dead letters back" + (f", left {left}" if left else ""))
     print(f"moved {total} dead letters in all")
     return EXIT_OK
 

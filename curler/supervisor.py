@@ -32,7 +32,8 @@ BUSY_HANG_MARGIN = gearman.CONNECT_TIMEOUT + gearman.IO_TIMEOUT + 2.0
 # An idle child beats about every second. This long without a heartbeat, plus
 # one connect and one reply per job server, means it is hung.
 IDLE_HANG_SECONDS = 30.0
-# Handles whose crash counts are kept, so a long run does not grow the table for ever.
+# Job keys whose crash counts the supervisor remembers; the oldest are dropped
+# first, so a long run does not grow the table without bound.
 CRASH_TABLE_SIZE = 10000
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
@@ -369,9 +370,9 @@ class Supervisor:
         """Start a child for every empty position whose backoff has passed."""
         now = time.monotonic()
         for group in self.groups:
-            taken = {c.position for c in self.current_children(group)}
+            occupied = {c.position for c in self.current_children(group)}
             for position in range(group.size):
-                if position not in taken and group.backoffs[position].ready(now):
+                if position not in occupied and group.backoffs[position].ready(now):
                     self.spawn(group, position)
 
     def spawn(self, group, position):
